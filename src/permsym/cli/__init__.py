@@ -1,0 +1,46 @@
+"""The ``permsym`` command line: one thin command per public function, JSON with ``--json``.
+
+Bad input prints one line to stderr and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from permsym._errors import PermsymError
+from permsym.cli import count as _count  # noqa: F401  (registers commands)
+from permsym.cli.app import app
+
+__all__ = ["app", "entry", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turn user errors into one stderr line and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), "")
+    try:
+        app(args=args, standalone_mode=False, prog_name="permsym")
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        sys.stderr.write("permsym: interrupted.\n")
+        return 130
+    except click.ClickException as exc:
+        sys.stderr.write(f"permsym {command}: {exc.format_message()}\n".replace("permsym : ", "permsym: "))
+        return 2
+    except (PermsymError, ValueError, TypeError, FileNotFoundError) as exc:
+        message = " ".join(str(exc).split())
+        sys.stderr.write(f"permsym {command}: {message}\n".replace("permsym : ", "permsym: "))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+def entry() -> None:
+    """Console-script wrapper: exit with :func:`main`'s code."""
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from permsym.cli import main
+
+sys.exit(main())

@@ -1,0 +1,39 @@
+"""The typer app and the helpers every command uses (JSON output, error handling)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="permsym",
+    help="Permutation symmetry, gradient noise and SGD equilibrium of neural networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf/nan: write them as strings so the output stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def print_json(obj: Any) -> None:
+    """Print one JSON object on stdout."""
+    sys.stdout.write(json.dumps(_finite(obj), indent=2) + "\n")
+    sys.stdout.flush()
