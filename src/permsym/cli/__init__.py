@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-import click
+from typer.exceptions import Abort, Exit, TyperException
 
 from permsym._errors import PermsymError
 from permsym.cli import count as _count  # noqa: F401  (registers commands)
@@ -22,12 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in args if not a.startswith("-")), "")
     try:
         app(args=args, standalone_mode=False, prog_name="permsym")
-    except click.exceptions.Exit as exc:
+    except Exit as exc:
         return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
+    except Abort:
         sys.stderr.write("permsym: interrupted.\n")
         return 130
-    except click.ClickException as exc:
+    except TyperException as exc:
         sys.stderr.write(f"permsym {command}: {exc.format_message()}\n".replace("permsym : ", "permsym: "))
         return 2
     except (PermsymError, ValueError, TypeError, FileNotFoundError) as exc:

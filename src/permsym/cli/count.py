@@ -13,7 +13,7 @@ from permsym.cli.app import app, print_json, stdout
 def _count_table(rows: list[dict]) -> Table:
     table = Table(title="Equivalent optima (log10 of the symmetry group order)")
     for col in ("architecture", "groups", "log10 |G|", "formula prod w!", "with sign flips", "orbit", "seconds"):
-        table.add_column(col, justify="left" if col == "architecture" else "right")
+        table.add_column(col, justify="left" if col == "architecture" else "right", overflow="fold")
     for r in rows:
         flips = r["log10_order_with_sign_flips"]
         table.add_row(
@@ -55,8 +55,8 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Describe a checkpoint: architecture, parameters, symmetry group and orbit."""
-    from permsym.io import load_state
     from permsym.io import load as load_checkpoint
+    from permsym.io import load_state
     from permsym.symmetry import count_symmetries, example_input
 
     model = load_checkpoint(checkpoint)
