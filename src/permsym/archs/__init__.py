@@ -77,17 +77,20 @@ def build(arch: str, *, seed: int | None = 0) -> nn.Module:
     """
     spec = parse(arch)
     generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    if spec.family == "mlp":
-        model = build_mlp(spec, generator)
-    elif spec.family == "convnet":
-        model = build_convnet(spec, generator)
-    elif spec.family == "resmlp":
-        model = ResMLP(spec, generator)
-    elif spec.family == "modular":
-        from permsym.layers.modular import build_modular
+    # nn.Linear's constructor draws from the global RNG before we overwrite its weights;
+    # fork_rng keeps the caller's global state as it was.
+    with torch.random.fork_rng(devices=[]):
+        if spec.family == "mlp":
+            model = build_mlp(spec, generator)
+        elif spec.family == "convnet":
+            model = build_convnet(spec, generator)
+        elif spec.family == "resmlp":
+            model = ResMLP(spec, generator)
+        elif spec.family == "modular":
+            from permsym.layers.modular import build_modular
 
-        model = build_modular(spec, generator)
-    else:  # pragma: no cover - FAMILIES and this switch are edited together
-        raise PermsymError(f"no builder for family {spec.family!r}.")
+            model = build_modular(spec, generator)
+        else:  # pragma: no cover - FAMILIES and this switch are edited together
+            raise PermsymError(f"no builder for family {spec.family!r}.")
     model.permsym_arch = spec.text
     return model

@@ -19,7 +19,8 @@ app = typer.Typer(
 )
 
 console = Console(stderr=True)
-stdout = Console()
+# piped output (files, tests, CI logs) is not cut at 80 columns
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def _finite(value: Any) -> Any:

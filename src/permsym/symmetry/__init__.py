@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from permsym.symmetry.count import SymmetryCount, count_symmetries, log10_factorial
+from permsym.symmetry.count import (
+    SymmetryCount,
+    count_symmetries,
+    formula_group_sizes,
+    formula_log10_order,
+    log10_factorial,
+)
 from permsym.symmetry.permute import apply_permutation, random_permutation
 from permsym.symmetry.structure import Group, Member, Structure
 from permsym.symmetry.trace import infer_structure
@@ -15,6 +21,8 @@ __all__ = [
     "apply_permutation",
     "count_symmetries",
     "example_input",
+    "formula_group_sizes",
+    "formula_log10_order",
     "infer_structure",
     "log10_factorial",
     "random_permutation",

@@ -14,7 +14,7 @@ from permsym.symmetry.graph import build_unit_graph, log10_automorphisms, log10_
 from permsym.symmetry.structure import Structure
 from permsym.symmetry.trace import infer_structure
 
-__all__ = ["SymmetryCount", "count_symmetries", "log10_factorial"]
+__all__ = ["SymmetryCount", "count_symmetries", "formula_log10_order", "log10_factorial"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,35 @@ def count_symmetries(model: nn.Module, example_input: torch.Tensor, *, structure
         groups=rows,
         seconds=time.perf_counter() - start,
     )
+
+
+def formula_group_sizes(arch: str) -> list[int]:
+    """Group sizes of a built-in architecture read off its string, without building it.
+
+    mlp: the hidden widths; convnet: the channel counts; resmlp: the stream width and each
+    block's hidden width (modular: counted on its masked equivalent, not by formula).
+    """
+    from permsym._errors import PermsymError
+    from permsym.archs import parse
+
+    spec = parse(arch)
+    dims = [d[0] for d in spec.dims[1:]]
+    if spec.family == "mlp":
+        return [d[0] for d in spec.dims[1:-1]]
+    if spec.family == "convnet":
+        return dims[:-1]
+    if spec.family == "resmlp":
+        width = spec.dims[1][0]
+        return [width] + [spec.options["hidden"] or width] * spec.options["blocks"]
+    raise PermsymError(f"formula_group_sizes: no closed form for {spec.family!r}; build the model and use count_symmetries.")
+
+
+def formula_log10_order(arch: str, *, sign_flips: bool = False) -> float:
+    r"""$\sum_k \log_{10} w_k!$ (plus $w_k \log_{10} 2$ with ``sign_flips``), instant at any width.
+
+    Examples:
+        >>> round(formula_log10_order("mlp:784-1024-1024-10"), 2)
+        5279.47
+    """
+    sizes = formula_group_sizes(arch)
+    return sum(log10_factorial(w) + (w * math.log10(2) if sign_flips else 0.0) for w in sizes)

@@ -259,8 +259,8 @@ class _Walker:
         target = node.target
         args = list(node.args) + list(node.kwargs.values())
         anns = [self.arg_ann(a) for a in args]
-        tensor_anns = [a for a in anns if a is not None and a is not NOT_A_TENSOR]
-        permuted = [a for a in tensor_anns if a.space is not None]
+        nested = [self.arg_ann(a) for a in torch.utils._pytree.tree_leaves(args)]  # lists of tensors too
+        permuted = [a for a in nested if a is not None and a is not NOT_A_TENSOR and a.space is not None]
         is_method = node.op == "call_method"
         if target is getattr or (is_method and target in SHAPE_METHODS):
             return NOT_A_TENSOR
@@ -399,6 +399,9 @@ def infer_structure(model: nn.Module, example_input: torch.Tensor) -> Structure:
         raise PermsymError(f"infer_structure: torch.fx cannot trace {type(model).__name__}: "
                            f"{str(exc).splitlines()[0]}") from None
     gm = fx.GraphModule(model, graph)
+    dtype = next((p.dtype for p in model.parameters()), None)
+    if dtype is not None and example_input.is_floating_point() and example_input.dtype != dtype:
+        example_input = example_input.to(dtype)
     modes = {m: m.training for m in model.modules()}
     try:
         gm.eval()
