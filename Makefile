@@ -18,6 +18,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/permsym count mlp:784-1024-1024-10 mlp:784-1024-1024-10,density=0.1,mask_seed=0 convnet:1x8x8-16-32-10 resmlp:64-128-10,blocks=2
+	$(BIN)/permsym paper --scale quick --out reports/paper
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,0 +1,34 @@
+"""``permsym paper``: run the paper's claims on embedded data into results.json + index.html."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from permsym.cli.app import app, stdout
+
+
+@app.command()
+def paper(
+    scale: Annotated[str, typer.Option(help="tiny (tests), quick (< 10 min on 2 cores) or full")] = "quick",
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("reports/paper"),
+    only: Annotated[str, typer.Option(help="comma-separated experiment names")] = "",
+    jobs: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    resume: Annotated[bool, typer.Option("--resume/--fresh", help="reuse finished units")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON")] = False,
+) -> None:
+    """Reproduce the paper's claims: every experiment, a verdict each, an HTML report."""
+    from permsym.cli.app import print_json
+    from permsym.experiments import experiments_by_name, run_experiments
+
+    names = [n.strip() for n in only.split(",") if n.strip()] or None
+    experiments = experiments_by_name(names)
+    results = run_experiments(experiments, out, scale=scale, resume=resume, jobs=jobs, show_progress=not json_out)
+    if json_out:
+        print_json({"out": str(out), "verdicts": results["verdicts"]})
+        return
+    for v in results["verdicts"]:
+        stdout.print(f"{v['experiment']:<16} {v['verdict']:<14} {v['claim']}")
+    stdout.print(f"report: {out / 'index.html'}")
