@@ -72,3 +72,11 @@ def test_bad_arch_strings_name_the_bad_token(arch: str, message: str) -> None:
 def test_non_string_arch_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="arch must be a string"):
         permsym.build(784)  # type: ignore[arg-type]
+
+
+def test_masks_and_weights_are_drawn_from_independent_streams() -> None:
+    """Equal seeds for masks and weights once made every kept weight negative."""
+    model = permsym.build("mlp:64-64-10,density=0.5,mask_seed=0", seed=0)
+    kept = model.fc1.weight[model.fc1.mask.bool()]
+    positive = float((kept > 0).float().mean())
+    assert 0.4 < positive < 0.6, positive

@@ -22,6 +22,7 @@ from permsym.archs.grammar import (
     parse_density,
     parse_int,
     parse_nonneg_int,
+    stream_seed,
 )
 
 __all__ = ["ArchSpec", "FAMILIES", "build", "parse"]
@@ -76,7 +77,7 @@ def build(arch: str, *, seed: int | None = 0) -> nn.Module:
         'mlp:4-8-2,act=tanh'
     """
     spec = parse(arch)
-    generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    generator = torch.Generator().manual_seed(stream_seed(0 if seed is None else int(seed), "weights"))
     # nn.Linear's constructor draws from the global RNG before we overwrite its weights;
     # fork_rng keeps the caller's global state as it was.
     with torch.random.fork_rng(devices=[]):

@@ -10,7 +10,7 @@ from torch import nn
 
 from permsym._errors import PermsymError
 from permsym.archs.activations import make_activation
-from permsym.archs.grammar import ArchSpec
+from permsym.archs.grammar import ArchSpec, stream_seed
 
 
 def _flat_dims(spec: ArchSpec) -> list[int]:
@@ -34,7 +34,7 @@ def build_mlp(spec: ArchSpec, generator: torch.Generator) -> nn.Module:
     act, bias = spec.options["act"], spec.options["bias"]
     density = spec.options["density"]
     masked = density < 1.0
-    mask_gen = torch.Generator().manual_seed(spec.options["mask_seed"])
+    mask_gen = torch.Generator().manual_seed(stream_seed(spec.options["mask_seed"], "masks"))
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     for k, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:], strict=True), start=1):
         last = k == len(dims) - 1

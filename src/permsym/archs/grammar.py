@@ -36,6 +36,19 @@ class ArchSpec:
     text: str = ""
 
 
+def stream_seed(seed: int, purpose: str) -> int:
+    """An independent 63-bit seed for one purpose ("weights", "masks", ...) from a user seed.
+
+    Two generators seeded with the same integer produce the same stream: masks drawn as
+    ``rand < density`` and weights drawn as ``2 rand - 1`` from equal seeds would be perfectly
+    correlated (every kept weight negative). numpy's SeedSequence decorrelates them.
+    """
+    import numpy as np
+
+    tag = int.from_bytes(purpose.encode()[:8].ljust(8, b"\0"), "little")
+    return int(np.random.SeedSequence([int(seed), tag]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def parse_int(token: str) -> int:
     value = int(token)
     if value <= 0:

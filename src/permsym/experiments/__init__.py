@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from permsym.experiments.base import SCALES, Experiment, Verdict, config_key
 from permsym.experiments.c1_counts import Counts
+from permsym.experiments.r1_prepruning import PrePruning
 from permsym.experiments.runner import run_experiments
 
 __all__ = ["EXPERIMENTS", "SCALES", "Experiment", "Verdict", "config_key", "experiments_by_name", "run_experiments"]
@@ -11,7 +12,7 @@ __all__ = ["EXPERIMENTS", "SCALES", "Experiment", "Verdict", "config_key", "expe
 
 def EXPERIMENTS() -> list[Experiment]:  # noqa: N802 - a registry, called like a constant
     """All experiments, in report order."""
-    return [Counts()]
+    return [Counts(), PrePruning()]
 
 
 def experiments_by_name(only: list[str] | None = None) -> list[Experiment]:
