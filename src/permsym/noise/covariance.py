@@ -1,0 +1,155 @@
+r"""Gradient noise: the per-sample gradient covariance $C$ and the SGD temperature.
+
+$C = \frac1N \sum_i (g_i - \bar g)(g_i - \bar g)^\top$, so $\mathrm{tr}\,C = \frac1N\sum_i |g_i|^2
+- |\bar g|^2$. A minibatch of $B$ samples drawn with replacement has gradient noise covariance
+$C/B$. Reported: the noise scale $\mathrm{tr}\,C / |\bar g|^2$ (McCandlish et al. 2018, "simple"
+noise scale) and the temperature $T = \eta\,\mathrm{tr}\,C / (2 B P)$ (the per-parameter
+$\eta s^2 / (2B)$ of the isotropic case $C = s^2 I$).
+
+References:
+    McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training", arXiv:1812.06162.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from permsym._errors import check_positive_int
+from permsym._threads import limited_threads
+from permsym.curvature.functional import FlatLoss, LossFn
+from permsym.noise.per_sample import iter_per_sample_gradients
+
+__all__ = ["GradientNoise", "gradient_covariance", "gradient_noise"]
+
+_DENSE_LIMIT = 10_000
+
+
+@dataclass(frozen=True, eq=False)
+class GradientNoise:
+    """Gradient-noise statistics at one parameter point."""
+
+    trace_C: float
+    grad_norm_sq: float
+    noise_scale: float
+    temperature: float
+    num_params: int
+    num_samples: int
+    batch_size: int
+    lr: float
+    covariance: torch.Tensor | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "trace_C": self.trace_C,
+            "grad_norm_sq": self.grad_norm_sq,
+            "noise_scale": self.noise_scale,
+            "temperature": self.temperature,
+            "num_params": self.num_params,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+        }
+        if self.covariance is not None:
+            out["covariance"] = self.covariance.tolist()
+        return out
+
+
+def _moments(
+    flat: FlatLoss, subspace: torch.Tensor | None, dense: bool, chunk_size: int
+) -> tuple[float, torch.Tensor, torch.Tensor | None, int]:
+    """Stream per-sample gradients: (mean |g_i|^2, gbar, covariance or None, N)."""
+    N = flat.X.shape[0]
+    sq = 0.0
+    gsum = torch.zeros(flat.num_params, dtype=torch.float64)
+    second = None
+    V = None if subspace is None else subspace.to(torch.float64)
+    for G in iter_per_sample_gradients(flat, chunk_size=chunk_size):
+        G = G.to(torch.float64)
+        sq += float((G * G).sum())
+        gsum += G.sum(0)
+        if V is not None:
+            Z = G @ V
+            second = Z.T @ Z if second is None else second + Z.T @ Z
+        elif dense:
+            second = G.T @ G if second is None else second + G.T @ G
+    gbar = gsum / N
+    cov = None
+    if second is not None:
+        mean = gbar if V is None else V.T @ gbar
+        cov = second / N - torch.outer(mean, mean)
+        cov = 0.5 * (cov + cov.T)
+    return sq / N, gbar, cov, N
+
+
+def _check_subspace(subspace: torch.Tensor | None, P: int, call: str) -> None:
+    if subspace is not None and (subspace.ndim != 2 or subspace.shape[0] != P):
+        raise ValueError(
+            f"{call}: subspace must be a (P, k) matrix of directions with P = {P}; got shape {tuple(subspace.shape)}."
+        )
+
+
+def gradient_covariance(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    subspace: torch.Tensor | None = None,
+    chunk_size: int = 256,
+    threads: int | None = None,
+) -> torch.Tensor:
+    r"""$C$ (dense, $P \times P$, small models) or $V^\top C V$ for a ``(P, k)`` ``subspace`` $V$ (float64)."""
+    with limited_threads(torch_threads=threads):
+        flat = FlatLoss(model, loss_fn, data)
+        P = flat.num_params
+        _check_subspace(subspace, P, "gradient_covariance")
+        if subspace is None and P > _DENSE_LIMIT:
+            raise ValueError(
+                f"gradient_covariance: the model must have at most {_DENSE_LIMIT} parameters for a dense C; "
+                f"got {P}. Pass subspace=V (a (P, k) matrix of directions)."
+            )
+        _, _, cov, _ = _moments(flat, subspace, subspace is None, chunk_size)
+    assert cov is not None
+    return cov
+
+
+def gradient_noise(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    batch_size: int,
+    lr: float,
+    dense: bool = False,
+    subspace: torch.Tensor | None = None,
+    chunk_size: int = 256,
+    threads: int | None = None,
+) -> GradientNoise:
+    r"""$\mathrm{tr}\,C$, $|\bar g|^2$, noise scale and temperature $T = \eta\,\mathrm{tr}\,C/(2BP)$.
+
+    With ``dense=True`` (small models) or a ``subspace`` the result also holds $C$ or $V^\top C V$.
+    """
+    check_positive_int("gradient_noise", "batch_size", batch_size)
+    if not lr > 0:
+        raise ValueError(f"gradient_noise: lr must be > 0; got {lr!r}.")
+    with limited_threads(torch_threads=threads):
+        flat = FlatLoss(model, loss_fn, data)
+        P = flat.num_params
+        _check_subspace(subspace, P, "gradient_noise")
+        mean_sq, gbar, cov, N = _moments(flat, subspace, dense, chunk_size)
+    g2 = float(gbar @ gbar)
+    trace_C = max(mean_sq - g2, 0.0)
+    return GradientNoise(
+        trace_C=trace_C,
+        grad_norm_sq=g2,
+        noise_scale=trace_C / g2 if g2 > 0 else float("inf"),
+        temperature=lr * trace_C / (2 * batch_size * P),
+        num_params=P,
+        num_samples=N,
+        batch_size=batch_size,
+        lr=float(lr),
+        covariance=cov,
+    )
