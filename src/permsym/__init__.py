@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "PermsymError": "permsym._errors",
+    "align": "permsym.alignment",
     "build": "permsym.archs",
     "save": "permsym.io",
     "load": "permsym.io",

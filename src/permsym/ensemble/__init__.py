@@ -1,0 +1,155 @@
+r"""Vectorised seed ensembles: many seeds of one architecture trained in one process.
+
+Every seed runs exactly the algorithm of :func:`permsym.train.fit`: initial weights from
+``permsym.build(arch, seed=s)``, minibatch order from ``torch.randperm`` on a private
+``torch.Generator`` seeded with ``s``, plain SGD $\theta \leftarrow \theta - \eta \nabla \hat J_B$.
+The seeds' parameters are stacked (``torch.func.stack_module_state``) and one step of all seeds
+is one ``vmap`` of ``grad`` over the stack (a short last minibatch is looped over seeds: vmap
+takes other matmul kernels there, which are not bit-equal), so on the CPU each seed's result equals the
+single-seed trainer's bit for bit. Models whose forward pass updates buffers (BatchNorm in
+training mode) cannot run under ``vmap``, and some ops (LayerNorm) give other floating-point
+results batched: the first step is checked against the single-seed step, and where either
+applies the seeds run in a loop (with a warning).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from permsym._errors import check_positive_int
+
+__all__ = ["EnsembleResult", "train"]
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """Trained models (one per seed, in order), mean minibatch loss per epoch per seed."""
+
+    seeds: tuple[int, ...]
+    models: tuple[nn.Module, ...]
+    losses: tuple[tuple[float, ...], ...]
+    vectorised: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seeds": list(self.seeds), "losses": [list(v) for v in self.losses], "vectorised": self.vectorised}
+
+
+def _updates_buffers(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+def _per_seed(single: Any, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], X: torch.Tensor,
+              y: torch.Tensor, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    outs = [single({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()}, X[idx[i]], y[idx[i]])
+            for i in range(idx.shape[0])]
+    grads = {k: torch.stack([g[k] for g, _ in outs]) for k in params}
+    return grads, torch.stack([loss for _, loss in outs])
+
+
+def train(
+    arch: str,
+    data: Any,
+    seeds: Sequence[int],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    dtype: torch.dtype = torch.float32,
+) -> EnsembleResult:
+    """Train ``arch`` once per seed on ``data = (X, y)`` (or a data spec string).
+
+    Args:
+        arch: architecture string for :func:`permsym.build`.
+        data: ``(X, y)``; float targets use mse, integer labels cross-entropy (as ``fit``).
+        seeds: one run per seed (initialisation and minibatch order).
+        epochs, lr, batch_size: as :func:`permsym.train.fit`.
+        dtype: parameter dtype of the models.
+
+    Examples:
+        >>> X, y = torch.randn(70, 6), torch.randint(3, (70,))
+        >>> r = train("mlp:6-16-16-3", (X, y), [0, 1, 2], epochs=2, lr=0.1, batch_size=16)
+        >>> len(r.models), len(r.losses[0]), r.vectorised
+        (3, 2, True)
+    """
+    from permsym.archs import build
+    from permsym.train import TrainingDiverged, fit
+
+    check_positive_int("ensemble.train", "epochs", epochs)
+    check_positive_int("ensemble.train", "batch_size", batch_size)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"ensemble.train: lr must be a finite number > 0; got {lr!r}.")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("ensemble.train: seeds must not be empty; got [].")
+    if isinstance(data, str):
+        from permsym.data import load
+
+        data = load(data, dtype=dtype)
+    X, y = data
+    models = [build(arch, seed=s).to(dtype) for s in seeds]
+    def loop(why: str) -> EnsembleResult:
+        warnings.warn(f"ensemble.train: {arch!r} {why}; training the seeds one after another.", stacklevel=3)
+        fresh = [build(arch, seed=s).to(dtype) for s in seeds]
+        losses = [fit(m, (X, y), epochs=epochs, lr=lr, batch_size=batch_size, seed=s).losses
+                  for m, s in zip(fresh, seeds, strict=True)]
+        return EnsembleResult(tuple(seeds), tuple(fresh), tuple(losses), vectorised=False)
+
+    if _updates_buffers(models[0]):
+        return loop("updates buffers in training mode (BatchNorm), which vmap cannot batch")
+    X = X.to(dtype)
+    y = y.to(dtype) if y.is_floating_point() else y
+    loss_fn = F.mse_loss if y.is_floating_point() else F.cross_entropy
+    for m in models:
+        m.train()
+    params, buffers = stack_module_state(models)
+    params = {k: v.detach() for k, v in params.items()}
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def loss_one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return loss_fn(functional_call(base, (p, b), (xb,)), yb)
+
+    single = grad_and_value(loss_one)
+    step = vmap(single)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    n = X.shape[0]
+    history: list[list[float]] = [[] for _ in seeds]
+    checked = False
+    for _ in range(epochs):
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens])
+        totals = torch.zeros(len(seeds), dtype=torch.float64)
+        for start in range(0, n, batch_size):
+            idx = order[:, start : start + batch_size]
+            if idx.shape[1] == batch_size:
+                grads, loss = step(params, buffers, X[idx], y[idx])
+                if start == 0 and not checked:  # vmap must reproduce the single-seed step bit for bit
+                    ref, _ = _per_seed(single, params, buffers, X, y, idx)
+                    if not all(torch.equal(grads[k], ref[k]) for k in params):
+                        return loop("gets other floating-point results under vmap (batched kernels)")
+                    checked = True
+            else:  # a short last batch: vmap picks other kernels there (not bit-equal), so loop
+                grads, loss = _per_seed(single, params, buffers, X, y, idx)
+            if not bool(torch.isfinite(loss).all()):
+                bad = [seeds[i] for i in torch.nonzero(~torch.isfinite(loss)).flatten().tolist()]
+                raise TrainingDiverged(f"ensemble.train: the training loss must stay finite; got "
+                                       f"non-finite loss for seeds {bad} (lr = {lr:g}); use a smaller lr.")
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.sub_(grads[k], alpha=lr)
+            totals += loss.detach().double() * idx.shape[1]
+        for i in range(len(seeds)):
+            history[i].append(float(totals[i]) / n)
+    with torch.no_grad():
+        for i, m in enumerate(models):
+            for k, p in m.named_parameters():
+                p.copy_(params[k][i])
+    return EnsembleResult(tuple(seeds), tuple(models), tuple(tuple(h) for h in history), vectorised=True)
