@@ -88,6 +88,7 @@ def equilibrium_comparison(
     top_k: int = 5,
     loss_fn: LossFn | None = None,
     sampling: str = "with_replacement",
+    loss_every: int = 1,
     generator: torch.Generator | None = None,
 ) -> EquilibriumComparison:
     """Predict and measure the SGD equilibrium along the top-``top_k`` Hessian directions.
@@ -143,7 +144,8 @@ def equilibrium_comparison(
     if eta_lam < 2:
         measured = measure_stationary_covariance(
             model, (X, y), lr=lr, batch_size=batch_size, steps=steps, burn_in=burn_in, subspace=U,
-            loss_fn=loss_fn, sampling=sampling, reference=reference, min_loss=min_loss, generator=generator,
+            loss_fn=loss_fn, sampling=sampling, reference=reference, min_loss=min_loss, loss_every=loss_every,
+            generator=generator,
         )
     directions = []
     for i in range(U.shape[1]):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from permsym.experiments.base import SCALES, Experiment, Verdict, config_key
 from permsym.experiments.c1_counts import Counts
+from permsym.experiments.c2_equilibrium import Equilibrium
+from permsym.experiments.c4_curvature import CurvatureVsWidth
 from permsym.experiments.r1_prepruning import PrePruning
 from permsym.experiments.runner import run_experiments
 
@@ -12,7 +14,7 @@ __all__ = ["EXPERIMENTS", "SCALES", "Experiment", "Verdict", "config_key", "expe
 
 def EXPERIMENTS() -> list[Experiment]:  # noqa: N802 - a registry, called like a constant
     """All experiments, in report order."""
-    return [Counts(), PrePruning()]
+    return [Counts(), Equilibrium(), CurvatureVsWidth(), PrePruning()]
 
 
 def experiments_by_name(only: list[str] | None = None) -> list[Experiment]:

@@ -19,9 +19,9 @@ def file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def config_key(experiment: str, config: dict[str, Any]) -> str:
-    """Stable hash of an experiment unit's config (the cache key)."""
-    blob = json.dumps({"experiment": experiment, "config": config}, sort_keys=True)
+def config_key(experiment: str, config: dict[str, Any], version: int = 1) -> str:
+    """Stable hash of an experiment unit's config and the experiment's version (the cache key)."""
+    blob = json.dumps({"experiment": experiment, "config": config, "version": version}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -53,7 +53,8 @@ class Experiment(ABC):
     """One claim or remedy of the paper made measurable.
 
     Subclasses set ``name``, ``title``, ``claim`` (the paper's statement), ``criterion``
-    (decided before running) and implement the four methods below. ``run_unit`` must be
+    (decided before running) and implement the four methods below; ``version`` is part of
+    the cache key. ``run_unit`` must be
     deterministic for a config (seeds are part of it) and return JSON-able records
     ``{"metric": str, "value": number, ...}``.
     """
@@ -62,6 +63,7 @@ class Experiment(ABC):
     title: str
     claim: str
     criterion: str
+    version: int = 1  # bump when run_unit changes what a config computes: old cache entries are ignored
 
     @abstractmethod
     def units(self, scale: str) -> list[dict[str, Any]]:

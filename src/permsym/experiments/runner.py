@@ -51,7 +51,7 @@ def run_experiments(
     out = Path(out)
     units_dir = out / "units"
     units_dir.mkdir(parents=True, exist_ok=True)
-    plan = [(exp, cfg, units_dir / f"{file_stem(exp.name)}-{config_key(exp.name, cfg)}.json") for exp in experiments for cfg in exp.units(scale)]
+    plan = [(exp, cfg, units_dir / f"{file_stem(exp.name)}-{config_key(exp.name, cfg, exp.version)}.json") for exp in experiments for cfg in exp.units(scale)]
     todo = [(exp, cfg, path) for exp, cfg, path in plan if not (resume and path.is_file())]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
@@ -92,7 +92,7 @@ def _collect(experiments: Sequence[Experiment], plan: list, scale: str) -> dict[
     records: list[dict[str, Any]] = []
     for exp, cfg, path in plan:
         unit = json.loads(path.read_text())
-        key = config_key(exp.name, cfg)
+        key = config_key(exp.name, cfg, exp.version)
         for rec in unit["records"]:
             records.append({"experiment": exp.name, "unit": key, "config": cfg, **rec})
     verdicts = [exp.verdict([r for r in records if r["experiment"] == exp.name]).to_json() for exp in experiments]
