@@ -8,13 +8,14 @@ from permsym.experiments.c2_equilibrium import Equilibrium
 from permsym.experiments.c4_curvature import CurvatureVsWidth
 from permsym.experiments.r1_prepruning import PrePruning
 from permsym.experiments.runner import run_experiments
+from permsym.experiments.u1_noise_aware import NoiseAware
 
 __all__ = ["EXPERIMENTS", "SCALES", "Experiment", "Verdict", "config_key", "experiments_by_name", "run_experiments"]
 
 
 def EXPERIMENTS() -> list[Experiment]:  # noqa: N802 - a registry, called like a constant
     """All experiments, in report order."""
-    return [Counts(), Equilibrium(), CurvatureVsWidth(), PrePruning()]
+    return [Counts(), Equilibrium(), CurvatureVsWidth(), PrePruning(), NoiseAware()]
 
 
 def experiments_by_name(only: list[str] | None = None) -> list[Experiment]:
