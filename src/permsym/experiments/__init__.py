@@ -6,6 +6,7 @@ from permsym.experiments.base import SCALES, Experiment, Verdict, config_key
 from permsym.experiments.c1_counts import Counts
 from permsym.experiments.c2_equilibrium import Equilibrium
 from permsym.experiments.c4_curvature import CurvatureVsWidth
+from permsym.experiments.c5_overlap import Overlap
 from permsym.experiments.r1_prepruning import PrePruning
 from permsym.experiments.runner import run_experiments
 from permsym.experiments.u1_noise_aware import NoiseAware
@@ -15,7 +16,7 @@ __all__ = ["EXPERIMENTS", "SCALES", "Experiment", "Verdict", "config_key", "expe
 
 def EXPERIMENTS() -> list[Experiment]:  # noqa: N802 - a registry, called like a constant
     """All experiments, in report order."""
-    return [Counts(), Equilibrium(), CurvatureVsWidth(), PrePruning(), NoiseAware()]
+    return [Counts(), Equilibrium(), CurvatureVsWidth(), Overlap(), PrePruning(), NoiseAware()]
 
 
 def experiments_by_name(only: list[str] | None = None) -> list[Experiment]:
