@@ -66,11 +66,11 @@ def test_stability_plot_and_tables(ckpts, tmp_path, capsys) -> None:  # type: ig
     ("argv", "message"),
     [
         (["align", "A", "B", "--method", "hungarian"],
-         "permsym align: align: method must be one of sort, sorensen, weight, activation; got 'hungarian'."),
+         "permsym align: method must be one of sort, sorensen, weight, activation; got 'hungarian'."),
         (["align", "A", "B", "--method", "activation"],
-         "permsym align: align: method 'activation' needs data (inputs to compare activations on); pass data=."),
+         "permsym align: method 'activation' needs data (inputs to compare activations on); pass data= (CLI: --data SPEC)."),
         (["align", "A", "W"],
-         "permsym align: align: parameter 'fc1.weight' has shape (16, 64) in the reference and (17, 64) in the "
+         "permsym align: parameter 'fc1.weight' has shape (16, 64) in the reference and (17, 64) in the "
          "other model; widths must match."),
     ],
 )

@@ -110,7 +110,7 @@ def align(
         raise ValueError(f"align: method must be one of {', '.join(METHODS)}; got {method!r}.")
     x = data_tensor(data)
     if method == "activation" and x is None:
-        raise ValueError("align: method 'activation' needs data (inputs to compare activations on); pass data=.")
+        raise ValueError("align: method 'activation' needs data (inputs to compare activations on); pass data= (CLI: --data SPEC).")
     if structure is None:
         structure = structure_of(reference, x)
     lay = layout_of(structure)

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (PermsymError, ValueError, TypeError, FileNotFoundError) as exc:
         message = " ".join(str(exc).split())
+        if command and message.startswith(f"{command}: "):  # the library already named the call
+            message = message[len(command) + 2 :]
         sys.stderr.write(f"permsym {command}: {message}\n".replace("permsym : ", "permsym: "))
         return 2
     return 0

@@ -8,6 +8,7 @@ from permsym.experiments.c2_equilibrium import Equilibrium
 from permsym.experiments.c4_curvature import CurvatureVsWidth
 from permsym.experiments.c5_overlap import Overlap
 from permsym.experiments.r1_prepruning import PrePruning
+from permsym.experiments.r2_reordering import Reordering
 from permsym.experiments.runner import run_experiments
 from permsym.experiments.u1_noise_aware import NoiseAware
 
@@ -16,7 +17,7 @@ __all__ = ["EXPERIMENTS", "SCALES", "Experiment", "Verdict", "config_key", "expe
 
 def EXPERIMENTS() -> list[Experiment]:  # noqa: N802 - a registry, called like a constant
     """All experiments, in report order."""
-    return [Counts(), Equilibrium(), CurvatureVsWidth(), Overlap(), PrePruning(), NoiseAware()]
+    return [Counts(), Equilibrium(), CurvatureVsWidth(), Overlap(), PrePruning(), Reordering(), NoiseAware()]
 
 
 def experiments_by_name(only: list[str] | None = None) -> list[Experiment]:
