@@ -7,8 +7,9 @@ import torch
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max|a - e| / max(max|e|, tiny)."""
+    actual, expected = actual.detach(), expected.detach()
     scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
-    return float((actual - expected).abs().max() / scale)
+    return float(((actual - expected).abs().max() / scale).detach())
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "") -> None:

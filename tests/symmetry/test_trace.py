@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -138,7 +140,7 @@ class Grouped(nn.Module):
 @pytest.mark.parametrize(
     ("model", "x", "message"),
     [
-        (Cat(), torch.randn(2, 3), r"fx node 'cat' \(call_function cat\): this operation is not understood"),
+        (Cat(), torch.randn(2, 3), r"fx node 'cat' \(call_function cat\): several permuted tensors"),
         (Slice(), torch.randn(2, 3), r"fx node 'getitem' \(call_function getitem\)"),
         (Grouped(), torch.randn(2, 2, 3, 3), r"fx node 'b' .*grouped convolution \(groups=2\)"),
     ],
@@ -179,3 +181,103 @@ def test_bad_permutations_are_refused() -> None:
         apply_permutation(model, s, {"fc9": torch.arange(4)})
     with pytest.raises(TypeError, match="expected an nn.Module or a state dict; got int"):
         apply_permutation(3, s, {})
+
+
+class _Two(nn.Module):
+    """a: Linear(3, 4) -> relu -> <variant> -> b: Linear(4, 2)."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.a, self.b, self.variant = nn.Linear(3, 4), nn.Linear(4, 2), variant
+        self.pool1d = nn.AvgPool1d(3, 1, 1)
+        self.bilinear = nn.Bilinear(3, 4, 2)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        h = torch.relu(self.a(x))
+        if self.variant == "data":
+            return self.b(h.data)
+        if self.variant == "T":
+            return h.T
+        if self.variant == "keyword":
+            return self.b(input=h)
+        if self.variant == "bilinear":
+            return self.bilinear(x, h)
+        if self.variant == "pool1d":
+            return self.b(self.pool1d(h))
+        if self.variant == "sum_axis":
+            return self.b(h), h.sum(axis=0)
+        if self.variant == "sum_input_kw":
+            return self.b(h) * torch.sum(input=h, dim=1, keepdim=True)
+        raise AssertionError(self.variant)
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("data", r"attribute 'data' of a permuted tensor is not understood"),
+        ("T", r"attribute 'T' of a permuted tensor is not understood"),
+        ("bilinear", r"a permuted tensor is passed as an argument other than the main input"),
+        ("pool1d", r"pooling over a tensor whose units are not on the channel axis"),
+    ],
+)
+def test_ops_that_would_silently_break_the_symmetry_are_refused(variant: str, message: str) -> None:
+    with pytest.raises(PermsymError, match=message):
+        infer_structure(_Two(variant), torch.randn(2, 3))
+
+
+@pytest.mark.parametrize(("variant", "groups"), [("keyword", ["a"]), ("sum_axis", []), ("sum_input_kw", ["a"])])
+def test_keyword_arguments_and_axis_aliases(variant: str, groups: list[str]) -> None:
+    model = _Two(variant).double().eval()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    s = infer_structure(model, x)
+    assert [g.name for g in s.groups] == groups
+    perms = random_permutation(s, torch.Generator().manual_seed(1))
+    out, out_perm = model(x), apply_permutation(model, s, perms)(x)
+    for a, b in zip(out if isinstance(out, tuple) else (out,), out_perm if isinstance(out_perm, tuple) else (out_perm,), strict=True):
+        assert relative_error(b, a) < 1e-10
+
+
+def _odd(model: nn.Module, x: torch.Tensor) -> list[bool]:
+    return [g.odd for g in infer_structure(model, x).groups]
+
+
+def test_odd_flags_only_where_sign_flips_are_symmetries() -> None:
+    x2, x4 = torch.randn(2, 3), torch.randn(2, 1, 6, 6)
+    assert _odd(nn.Sequential(nn.Linear(3, 4), nn.Hardtanh(), nn.Linear(4, 2)), x2) == [True]
+    assert _odd(nn.Sequential(nn.Linear(3, 4), nn.ReLU6(), nn.Linear(4, 2)), x2) == [False]
+    assert _odd(nn.Sequential(nn.Linear(3, 4), nn.Hardtanh(0.0, 1.0), nn.Linear(4, 2)), x2) == [False]
+    conv_max = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 2))
+    conv_avg = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 2))
+    assert _odd(conv_max, x4) == [False] and _odd(conv_avg, x4) == [True]
+
+    class SumUnits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.a(x)).sum(1)
+
+    assert _odd(SumUnits(), x2) == [False]
+
+
+def test_inference_runs_no_arithmetic_on_the_model() -> None:
+    class Emb(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.e, self.l = nn.Embedding(10, 4, max_norm=0.5), nn.Linear(4, 2)
+
+        def forward(self, i: torch.Tensor) -> torch.Tensor:
+            return self.l(torch.relu(self.e(i)))
+
+    model = Emb()
+    before = model.e.weight.detach().clone()
+    s = infer_structure(model, torch.tensor([[0, 1]]))
+    assert torch.equal(model.e.weight, before)  # max_norm renormalises in place when really run
+    assert [g.name for g in s.groups] == ["e"]
+
+
+def test_a_wrong_example_input_is_one_clear_line() -> None:
+    with pytest.raises(PermsymError, match=r"^infer_structure: the example input of shape \(2, 5\) does not run through Sequential: .*reduction dim") as info:
+        infer_structure(permsym.build("mlp:4-8-2"), torch.zeros(2, 5))
+    assert "\n" not in str(info.value)

@@ -10,6 +10,9 @@ An op on a permuted axis that is not understood raises, naming the fx node.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import operator
 from dataclasses import dataclass
@@ -24,11 +27,12 @@ from permsym._errors import PermsymError
 from permsym.layers.masked_linear import MaskedLinear
 from permsym.symmetry.structure import Group, Member, Structure
 
-ODD_MODULES: tuple[type[nn.Module], ...] = (nn.Tanh, nn.Identity, nn.Softsign, nn.Hardtanh, nn.Tanhshrink)
+ODD_MODULES: tuple[type[nn.Module], ...] = (nn.Tanh, nn.Identity, nn.Softsign, nn.Tanhshrink)
 ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.LogSigmoid, *ODD_MODULES,
+    nn.Sigmoid, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.LogSigmoid, nn.Hardtanh, *ODD_MODULES,
 )  # fmt: skip
+MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 NEUTRAL_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -37,7 +41,7 @@ POOL_MODULES = (
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-ODD_FUNCTIONS = {torch.tanh, F.tanh, operator.neg, torch.neg, F.hardtanh, F.softsign, F.dropout}
+ODD_FUNCTIONS = {torch.tanh, F.tanh, operator.neg, torch.neg, F.softsign, F.dropout}
 ELEMENTWISE_FUNCTIONS = ODD_FUNCTIONS | {
     torch.relu, F.relu, torch.sigmoid, F.sigmoid, F.gelu, F.silu, F.elu, F.leaky_relu, F.softplus,
     F.mish, torch.exp, torch.abs, torch.square, torch.sqrt, F.relu6, F.hardswish, F.hardsigmoid,
@@ -49,6 +53,24 @@ MUL_OPS = {operator.mul, operator.truediv, operator.imul, torch.mul, torch.div}
 ADD_METHODS = {"add", "sub", "add_", "sub_"}
 MUL_METHODS = {"mul", "div", "mul_", "div_"}
 SHAPE_METHODS = {"size", "dim"}
+SAFE_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
+
+
+def _is_odd_module(mod: nn.Module) -> bool:
+    """Odd activations: tanh-like ones, and Hardtanh only with symmetric bounds (ReLU6 is not)."""
+    if type(mod) is nn.Hardtanh:
+        return mod.min_val == -mod.max_val
+    return isinstance(mod, ODD_MODULES)
+
+
+def _arg(node: fx.Node, index: int, *names: str, default: Any = None) -> Any:
+    """Positional argument ``index`` of an fx call, or its keyword spelling (``dim``/``axis``...)."""
+    if len(node.args) > index:
+        return node.args[index]
+    for name in names:
+        if name in node.kwargs:
+            return node.kwargs[name]
+    return default
 
 
 @dataclass(frozen=True)
@@ -138,7 +160,13 @@ class _Walker:
         return self.ann.get(arg) if isinstance(arg, fx.Node) else None
 
     def input_ann(self, node: fx.Node) -> Ann:
-        ann = self.arg_ann(node.args[0]) if node.args else None
+        """The annotation of a call's main input; any other permuted tensor argument is refused."""
+        main = _arg(node, 0, "input")
+        for leaf in torch.utils._pytree.tree_leaves((node.args, node.kwargs)):
+            ann = self.arg_ann(leaf)
+            if leaf is not main and ann is not None and ann.space is not None:
+                raise self.fail(node, "a permuted tensor is passed as an argument other than the main input")
+        ann = self.arg_ann(main)
         return ann if ann is not None else FIXED
 
     def member(self, ann: Ann, name: str, axis: int, block: int | None = None) -> None:
@@ -167,7 +195,7 @@ class _Walker:
         name = str(node.target)
         prefix = f"{name}." if name else ""
         ann = self.input_ann(node)
-        shape = _shape(node.args[0]) if node.args else None
+        shape = _shape(_arg(node, 0, "input"))
         if isinstance(mod, nn.Linear):
             if ann.space is not None and shape is not None and ann.axis != len(shape) - 1:
                 raise self.fail(node, "Linear applied to a tensor whose units are not on the last axis")
@@ -216,7 +244,7 @@ class _Walker:
             self.spaces.not_odd(ann.space)
             return ann
         if isinstance(mod, ELEMENTWISE_MODULES):
-            if not isinstance(mod, ODD_MODULES):
+            if not _is_odd_module(mod):
                 self.spaces.not_odd(ann.space)
             return ann
         if isinstance(mod, NEUTRAL_MODULES):
@@ -233,15 +261,17 @@ class _Walker:
                 self.spaces.not_odd(ann.space)
             return ann
         if isinstance(mod, POOL_MODULES):
-            if ann.axis != 1 or ann.block != 1:
-                raise self.fail(node, "pooling over a tensor whose units are not on the channel axis")
+            if ann.axis != 1 or ann.block != 1 or shape is None or len(shape) < 3:
+                raise self.fail(node, "pooling over a tensor whose units are not on the channel axis of a batch")
+            if isinstance(mod, MAX_POOLS):
+                self.spaces.not_odd(ann.space)
             return ann
         if isinstance(mod, nn.Flatten):
             return self.flatten(node, ann, mod.start_dim, mod.end_dim)
         raise self.fail(node, f"module type {type(mod).__name__} is not understood on a permuted axis")
 
     def flatten(self, node: fx.Node, ann: Ann, start: int, end: int) -> Ann:
-        shape = _shape(node.args[0])
+        shape = _shape(_arg(node, 0, "input"))
         if shape is None:
             raise self.fail(node, "unknown input shape")
         nd = len(shape)
@@ -262,7 +292,11 @@ class _Walker:
         nested = [self.arg_ann(a) for a in torch.utils._pytree.tree_leaves(args)]  # lists of tensors too
         permuted = [a for a in nested if a is not None and a is not NOT_A_TENSOR and a.space is not None]
         is_method = node.op == "call_method"
-        if target is getattr or (is_method and target in SHAPE_METHODS):
+        if target is getattr:
+            if permuted and _arg(node, 1) not in SAFE_ATTRIBUTES:
+                raise self.fail(node, f"attribute {_arg(node, 1)!r} of a permuted tensor is not understood")
+            return NOT_A_TENSOR
+        if is_method and target in SHAPE_METHODS:
             return NOT_A_TENSOR
         if not permuted:
             return FIXED
@@ -273,10 +307,10 @@ class _Walker:
             return ann
         if target in ADD_OPS or target in MUL_OPS or (is_method and target in ADD_METHODS | MUL_METHODS):
             return self.binary(node, args, anns, multiplicative=target in MUL_OPS or target in MUL_METHODS)
+        if len(permuted) > 1 and not (target in ADD_OPS or target in MUL_OPS or (is_method and target in ADD_METHODS | MUL_METHODS)):
+            raise self.fail(node, "several permuted tensors enter an operation that is not element-wise")
         if target in (torch.flatten,) or (is_method and target == "flatten"):
-            start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
-            end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
-            return self.flatten(node, ann, int(start), int(end))
+            return self.flatten(node, ann, int(_arg(node, 1, "start_dim", default=0)), int(_arg(node, 2, "end_dim", default=-1)))
         if (is_method and target in ("view", "reshape")) or target is torch.reshape:
             return self.reshape(node, ann)
         if (is_method and target in ("mean", "sum", "amax")) or target in (torch.mean, torch.sum, torch.amax):
@@ -319,7 +353,7 @@ class _Walker:
         return result
 
     def reshape(self, node: fx.Node, ann: Ann) -> Ann:
-        in_shape, out_shape = _shape(node.args[0]), _shape(node)
+        in_shape, out_shape = _shape(_arg(node, 0, "input")), _shape(node)
         if in_shape is None or out_shape is None:
             raise self.fail(node, "unknown shape")
         if in_shape == out_shape:
@@ -330,15 +364,18 @@ class _Walker:
         raise self.fail(node, f"reshape {in_shape} -> {out_shape} splits or mixes the unit axis")
 
     def reduce(self, node: fx.Node, ann: Ann) -> Ann:
-        in_shape = _shape(node.args[0])
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        keepdim = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+        in_shape = _shape(_arg(node, 0, "input"))
+        dim = _arg(node, 1, "dim", "axis")
+        keepdim = bool(_arg(node, 2, "keepdim", default=False))
+        if node.target in ("amax", torch.amax):
+            self.spaces.not_odd(ann.space)
         if in_shape is None:
             raise self.fail(node, "unknown shape")
         nd = len(in_shape)
         dims = set(range(nd)) if dim is None else {d % nd for d in ((dim,) if isinstance(dim, int) else dim)}
         if ann.axis in dims:
-            return FIXED  # a sum over the units is invariant under their permutation
+            self.spaces.not_odd(ann.space)  # a sum of odd functions of the units is not odd in each unit
+            return FIXED  # but it is invariant under their permutation
         if ann.block != 1:
             raise self.fail(node, "reduction over a flattened unit axis")
         shift = 0 if keepdim else sum(1 for d in dims if d < ann.axis)
@@ -405,11 +442,27 @@ def infer_structure(model: nn.Module, example_input: torch.Tensor) -> Structure:
     modes = {m: m.training for m in model.modules()}
     try:
         gm.eval()
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
+        # fake tensors: shapes only, no arithmetic on (and no in-place change of) the user's tensors
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+        quiet, fake_log.disabled = fake_log.disabled, True
+        try:  # ShapeProp prints a traceback before raising; the one-line error below says it all
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+                ShapeProp(gm, fake_mode=mode).propagate(mode.from_tensor(example_input))
+        finally:
+            fake_log.disabled = quiet
+    except Exception as exc:  # shape errors surface as many types; report the cause in one line
+        cause = exc.__cause__ or exc
+        reason = " ".join(str(cause).split())[:300]
+        raise PermsymError(
+            f"infer_structure: the example input of shape {tuple(example_input.shape)} does not run through "
+            f"{type(model).__name__}: {reason}"
+        ) from None
     finally:
-        for m, mode in modes.items():
-            m.training = mode
+        for m, mode_flag in modes.items():
+            m.training = mode_flag
     walker = _Walker(gm)
     walker.run()
     return walker.structure(model.state_dict(), getattr(model, "permsym_arch", None))
