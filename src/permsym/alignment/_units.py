@@ -79,7 +79,7 @@ def permute_axes(
         perm = perms[gi]
         if torch.equal(perm, torch.arange(perm.numel())):
             continue
-        tensor = tensor.index_select(axis, block_index(perm, block))
+        tensor = tensor.index_select(axis, block_index(perm, block).to(tensor.device))
     return tensor
 
 

@@ -127,7 +127,7 @@ def match_activations(
     sims: dict[str, torch.Tensor] = {}
     for gi, group in enumerate(lay.structure.groups):
         rho = sum(correlation(a, b) for a, b in zip(acts_a[gi], acts_b[gi], strict=True))
-        rho = (rho / len(acts_a[gi])).numpy()
+        rho = (rho / len(acts_a[gi])).cpu().numpy()
         allowed = mask_admissible(sa, sb, lay, gi, perms) if lay.is_masked(gi) else None
         score = rho if allowed is None else np.where(allowed, rho, -np.inf)
         rows, cols = linear_sum_assignment(score, maximize=True)

@@ -110,7 +110,7 @@ def match_sorensen(
     for gi, group in enumerate(lay.structure.groups):
         fa = _features(sa, lay, gi, ident, done, scored)
         fb = _features(sb, lay, gi, perms, done, scored)
-        dice = dice_matrix(fa.double(), fb.double()).numpy()
+        dice = dice_matrix(fa.double(), fb.double()).cpu().numpy()
         allowed = mask_admissible(sa, sb, lay, gi, perms) if lay.is_masked(gi) else None
         score = dice if allowed is None else np.where(allowed, dice, -np.inf)
         perm = greedy_match(score)

@@ -127,7 +127,7 @@ def _descend(costs: _Costs, lay: Layout, sa, sb, perms: list[torch.Tensor], orde
             allowed = mask_admissible(sa, sb, lay, gi, perms) if lay.is_masked(gi) else None
             cols = _assign(cost, allowed)
             n = cost.shape[0]
-            current = perms[gi].numpy()
+            current = perms[gi].cpu().numpy()
             old, new = float(cost[np.arange(n), current].sum()), float(cost[np.arange(n), cols].sum())
             if new > old + 1e-12 * max(1.0, abs(j)) and not np.array_equal(cols, current):
                 perms[gi] = torch.as_tensor(cols, dtype=torch.long)

@@ -14,6 +14,7 @@ from permsym.cli import align as _align  # noqa: F401
 from permsym.cli import count as _count  # noqa: F401  (registers commands)
 from permsym.cli import curvature as _curvature  # noqa: F401
 from permsym.cli import paper as _paper  # noqa: F401
+from permsym.cli import sweep as _sweep  # noqa: F401
 from permsym.cli import train as _train  # noqa: F401
 from permsym.cli.app import app
 

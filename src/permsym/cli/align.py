@@ -7,17 +7,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from permsym.cli.app import app, print_json, stdout
+from permsym.cli.app import DEVICE, app, device_for, print_json, stdout
 
 _METHOD = typer.Option("--method", help="sort | sorensen | weight | activation")
 _DATA = typer.Option("--data", help="data spec (activation method, loss barriers), e.g. digits")
 _JSON = typer.Option("--json", help="print one JSON object")
 
 
-def _load_all(paths: list[str]) -> list[Any]:
+def _load_all(paths: list[str], device: str, command: str) -> list[Any]:
     from permsym.io import load
 
-    return [load(p) for p in paths]
+    dev = device_for(device, command)
+    return [load(p).to(dev) for p in paths]
 
 
 @app.command("align")
@@ -29,12 +30,13 @@ def align_cmd(
     data: Annotated[str | None, _DATA] = None,
     restarts: Annotated[int, typer.Option(help="weight matching: best of k sweep orders")] = 1,
     json_out: Annotated[bool, _JSON] = False,
+    device: Annotated[str, DEVICE] = "cpu",
 ) -> None:
     """Permute the units of OTHER to match REFERENCE (the function of OTHER is unchanged)."""
     from permsym.alignment import align
     from permsym.io import save
 
-    model_a, model_b = _load_all([reference, other])
+    model_a, model_b = _load_all([reference, other], device, "align")
     result = align(model_a, model_b, method=method, data=data, restarts=restarts)
     if out is not None:
         save(result.model, out, metadata={"aligned_to": reference, "aligned_from": other, "method": method})
@@ -88,11 +90,12 @@ def stability(
     threshold: Annotated[float, typer.Option(help="similarity above which a unit is stable")] = 0.9,
     plot: Annotated[str | None, typer.Option("--plot", help="write a figure (png, pdf, svg)")] = None,
     json_out: Annotated[bool, _JSON] = False,
+    device: Annotated[str, DEVICE] = "cpu",
 ) -> None:
     """Align all checkpoints to a reference: consensus distance, stable units, loss barriers."""
     from permsym.alignment.metrics import stability as measure
 
-    report = measure(_load_all(checkpoints), method=method, reference=reference, data=data, threshold=threshold)
+    report = measure(_load_all(checkpoints, device, "stability"), method=method, reference=reference, data=data, threshold=threshold)
     if plot is not None:
         _plot(report, plot)
     if json_out:
@@ -123,11 +126,12 @@ def track(
     method: Annotated[str, _METHOD] = "weight",
     data: Annotated[str | None, _DATA] = None,
     json_out: Annotated[bool, _JSON] = False,
+    device: Annotated[str, DEVICE] = "cpu",
 ) -> None:
     """Drift of a sequence of checkpoints: aligned next to naive, and the re-ordered units."""
     from permsym.alignment.metrics import track as measure
 
-    report = measure(_load_all(checkpoints), method=method, data=data)
+    report = measure(_load_all(checkpoints, device, "track"), method=method, data=data)
     if json_out:
         print_json({"checkpoints": checkpoints, **report.to_json()})
         return

@@ -38,3 +38,22 @@ def print_json(obj: Any) -> None:
     """Print one JSON object on stdout."""
     sys.stdout.write(json.dumps(_finite(obj), indent=2) + "\n")
     sys.stdout.flush()
+
+
+DEVICE = typer.Option("--device", help="cpu | cuda | auto (auto: cuda when available)")
+BACKEND = typer.Option("--backend", help="local (this machine, --jobs processes) or ray (one task per unit)")
+ADDRESS = typer.Option("--address", help="Ray cluster address, e.g. 10.0.0.1:6379 (ray backend; default: RAY_ADDRESS or a local Ray)")
+
+
+def device_for(device: str, command: str) -> Any:
+    """Resolve ``--device`` (``auto`` -> cuda if available); ``cuda`` without CUDA is a one-line error."""
+    from permsym.backends import resolve_device
+
+    return resolve_device(device, call=command)
+
+
+def to_device(model: Any, ds: Any, device: Any) -> tuple[Any, Any]:
+    """The model and a :class:`~permsym.data.Dataset` moved to ``device`` (a no-op on the CPU)."""
+    from dataclasses import replace
+
+    return model.to(device), replace(ds, X=ds.X.to(device), y=ds.y.to(device))

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from permsym.cli.app import app, print_json, stdout
+from permsym.cli.app import DEVICE, app, device_for, print_json, stdout
 
 ODD_ACTIVATIONS = {"tanh", "identity"}
 
@@ -49,6 +49,7 @@ def count(
         bool,
         typer.Option("--formula", help="closed form prod w_k! only, without building (any width)"),
     ] = False,
+    device: Annotated[str, DEVICE] = "cpu",
 ) -> None:
     """Count the equivalent optima of architectures: exact symmetry group order (log10)."""
     from permsym.archs import build, parse
@@ -59,6 +60,7 @@ def count(
         formula_log10_order,
     )
 
+    dev = device_for(device, "count")
     if formula:
         rows_f = []
         for arch in archs:
@@ -84,8 +86,8 @@ def count(
         return
     rows = []
     for arch in archs:
-        model = build(arch, seed=seed)
-        result = count_symmetries(model, example_input(model))
+        model = build(arch, seed=seed).to(dev)
+        result = count_symmetries(model, example_input(model).to(dev))
         rows.append({"arch": arch, **result.to_json()})
     if json_out:
         print_json({"results": rows})
@@ -97,15 +99,17 @@ def count(
 def info(
     checkpoint: Annotated[str, typer.Argument(help="a permsym .safetensors checkpoint")],
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    device: Annotated[str, DEVICE] = "cpu",
 ) -> None:
     """Describe a checkpoint: architecture, parameters, symmetry group and orbit."""
     from permsym.io import load as load_checkpoint
     from permsym.io import load_state
     from permsym.symmetry import count_symmetries, example_input
 
-    model = load_checkpoint(checkpoint)
+    dev = device_for(device, "info")
+    model = load_checkpoint(checkpoint).to(dev)
     _, meta = load_state(checkpoint)
-    result = count_symmetries(model, example_input(model))
+    result = count_symmetries(model, example_input(model).to(dev))
     num_params = sum(p.numel() for p in model.parameters())
     payload = {
         "checkpoint": checkpoint,

@@ -7,17 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
-from permsym.cli.app import app, print_json, stdout
+from permsym.cli.app import DEVICE, app, device_for, print_json, stdout, to_device
 
 
-def _load(checkpoint: str, data: str, call: str) -> tuple[Any, Any, Any]:
+def _load(checkpoint: str, data: str, call: str, device: str = "cpu") -> tuple[Any, Any, Any]:
     from permsym.data import check_fits, load_dataset, loss_fn_for
     from permsym.io import load
 
+    dev = device_for(device, call.removeprefix("permsym "))
     model = load(checkpoint)
     dtype = next(model.parameters()).dtype
     ds = load_dataset(data, dtype=dtype)
     check_fits(model, ds.X, ds.y, ds.task, spec=data)
+    model, ds = to_device(model, ds, dev)
     return model, ds, loss_fn_for(ds.task)
 
 
@@ -36,6 +38,7 @@ def hessian(
     tol: Annotated[float, typer.Option(help="relative residual tolerance of the eigenpairs")] = 1e-6,
     seed: Annotated[int, typer.Option(help="seed of the random start and probe vectors")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    device: Annotated[str, DEVICE] = "cpu",
 ) -> None:
     """Top Hessian eigenvalues (Lanczos), optionally its trace and spectral density."""
     import torch
@@ -44,7 +47,7 @@ def hessian(
 
     if top_k < 1:
         raise ValueError(f"--top-k must be a positive integer; got {top_k}.")
-    model, ds, loss_fn = _load(checkpoint, data, "permsym hessian")
+    model, ds, loss_fn = _load(checkpoint, data, "permsym hessian", device)
     gen = torch.Generator().manual_seed(seed)
     top = hessian_top_eigenvalues(model, loss_fn, ds, top_k, tol=tol, generator=gen)
     payload: dict[str, Any] = {"checkpoint": checkpoint, "data": data, **top.to_json()}
@@ -71,6 +74,7 @@ def noise(
     batch_size: Annotated[int, typer.Option("--batch-size", help="SGD batch size B")],
     lr: Annotated[float, typer.Option("--lr", help="SGD learning rate eta")],
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    device: Annotated[str, DEVICE] = "cpu",
 ) -> None:
     """Gradient noise: tr C, |g|^2, noise scale tr C/|g|^2 and temperature eta tr C / (2 B P)."""
     from permsym.noise import gradient_noise
@@ -78,7 +82,7 @@ def noise(
     _positive("permsym noise", "--lr", lr)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer; got {batch_size}.")
-    model, ds, loss_fn = _load(checkpoint, data, "permsym noise")
+    model, ds, loss_fn = _load(checkpoint, data, "permsym noise", device)
     result = gradient_noise(model, loss_fn, ds, batch_size=batch_size, lr=lr)
     payload = {"checkpoint": checkpoint, "data": data, **result.to_json()}
     if json_out:
@@ -102,6 +106,7 @@ def equilibrium(
     sampling: Annotated[str, typer.Option(help="with_replacement | without_replacement | epochs")] = "with_replacement",
     seed: Annotated[int, typer.Option(help="seed of the minibatch draws")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    device: Annotated[str, DEVICE] = "cpu",
 ) -> None:
     """Predicted (Lyapunov) vs measured stationary variance of SGD along top Hessian directions."""
     import torch
@@ -112,7 +117,7 @@ def equilibrium(
     for what, value in (("--batch-size", batch_size), ("--steps", steps), ("--top-k", top_k)):
         if value < 1:
             raise ValueError(f"{what} must be a positive integer; got {value}.")
-    model, ds, _ = _load(checkpoint, data, "permsym equilibrium")
+    model, ds, _ = _load(checkpoint, data, "permsym equilibrium", device)
     with warnings.catch_warnings():
         warnings.simplefilter("error", NoEquilibriumWarning)
         try:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from permsym.cli.app import app, stdout
+from permsym.cli.app import ADDRESS, BACKEND, DEVICE, app, stdout
 
 
 @app.command()
@@ -15,7 +15,10 @@ def paper(
     scale: Annotated[str, typer.Option(help="tiny (tests), quick (< 10 min on 2 cores) or full")] = "quick",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("reports/paper"),
     only: Annotated[str, typer.Option(help="comma-separated experiment names")] = "",
-    jobs: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    jobs: Annotated[int, typer.Option(help="parallel worker processes (local backend)")] = 1,
+    backend: Annotated[str, BACKEND] = "local",
+    address: Annotated[str | None, ADDRESS] = None,
+    device: Annotated[str, DEVICE] = "cpu",
     resume: Annotated[bool, typer.Option("--resume/--fresh", help="reuse finished units")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON")] = False,
 ) -> None:
@@ -25,7 +28,8 @@ def paper(
 
     names = [n.strip() for n in only.split(",") if n.strip()] or None
     experiments = experiments_by_name(names)
-    results = run_experiments(experiments, out, scale=scale, resume=resume, jobs=jobs, show_progress=not json_out)
+    results = run_experiments(experiments, out, scale=scale, resume=resume, jobs=jobs, show_progress=not json_out,
+                              backend=backend, address=address, device=device)
     if json_out:
         print_json({"out": str(out), "verdicts": results["verdicts"]})
         return

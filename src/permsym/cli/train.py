@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from permsym.cli.app import app, console, print_json, stdout
+from permsym.cli.app import DEVICE, app, console, device_for, print_json, stdout, to_device
 
 _DEFAULT_EVERY = 10
 
@@ -62,6 +62,7 @@ def train(
     curvature_every: Annotated[int, typer.Option(
         "--curvature-every", help="re-estimate lambda_max (eta*lambda_max < 2) every N steps")] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    device: Annotated[str, DEVICE] = "cpu",
 ) -> None:
     """Train ARCH on SPEC by SGD; the checkpoint is rewritten (atomically) after every epoch."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -75,9 +76,11 @@ def train(
     schedule, every = _noise_setup(temperature_schedule, noise_every, log, tensorboard, noise_method, lr, lr_min, lr_max)
     if curvature_every <= 0:
         raise ValueError(f"--curvature-every must be a positive integer; got {curvature_every}.")
+    dev = device_for(device, "train")
     ds = load_dataset(data)
-    model = build(arch, seed=seed)
+    model = build(arch, seed=seed)  # initial weights drawn on the CPU: the same on every device
     check_fits(model, ds.X, ds.y, ds.task, spec=data)
+    model, ds = to_device(model, ds, dev)
     meta: dict[str, Any] = {"data": data, "lr": lr, "batch_size": batch_size, "seed": seed}
     if schedule is not None:
         meta["temperature_schedule"] = str(schedule)

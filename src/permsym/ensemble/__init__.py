@@ -10,6 +10,10 @@ single-seed trainer's bit for bit. Models whose forward pass updates buffers (Ba
 training mode) cannot run under ``vmap``, and some ops (LayerNorm) give other floating-point
 results batched: the first step is checked against the single-seed step, and where either
 applies the seeds run in a loop (with a warning).
+
+``device`` puts models and data on a GPU (initial weights are still drawn on the CPU, so they
+equal the CPU run's; minibatch orders too). :func:`run_sweep` runs a grid of architectures x
+learning rates x seeds on a backend (``local`` or ``ray``) with a resumable cache.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from permsym._errors import check_positive_int
 
-__all__ = ["EnsembleResult", "train"]
+__all__ = ["EnsembleResult", "SweepConfig", "load_sweep_config", "run_sweep", "train"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ def train(
     lr: float,
     batch_size: int,
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
 ) -> EnsembleResult:
     """Train ``arch`` once per seed on ``data = (X, y)`` (or a data spec string).
 
@@ -74,6 +79,7 @@ def train(
         seeds: one run per seed (initialisation and minibatch order).
         epochs, lr, batch_size: as :func:`permsym.train.fit`.
         dtype: parameter dtype of the models.
+        device: where models and data live (``None``: the CPU); the returned models stay there.
 
     Examples:
         >>> X, y = torch.randn(70, 6), torch.randint(3, (70,))
@@ -96,10 +102,12 @@ def train(
 
         data = load(data, dtype=dtype)
     X, y = data
-    models = [build(arch, seed=s).to(dtype) for s in seeds]
+    device = torch.device("cpu") if device is None else torch.device(device)
+    X, y = X.to(device), y.to(device)
+    models = [build(arch, seed=s).to(device=device, dtype=dtype) for s in seeds]
     def loop(why: str) -> EnsembleResult:
         warnings.warn(f"ensemble.train: {arch!r} {why}; training the seeds one after another.", stacklevel=3)
-        fresh = [build(arch, seed=s).to(dtype) for s in seeds]
+        fresh = [build(arch, seed=s).to(device=device, dtype=dtype) for s in seeds]
         losses = [fit(m, (X, y), epochs=epochs, lr=lr, batch_size=batch_size, seed=s).losses
                   for m, s in zip(fresh, seeds, strict=True)]
         return EnsembleResult(tuple(seeds), tuple(fresh), tuple(losses), vectorised=False)
@@ -125,7 +133,7 @@ def train(
     history: list[list[float]] = [[] for _ in seeds]
     checked = False
     for _ in range(epochs):
-        order = torch.stack([torch.randperm(n, generator=g) for g in gens])
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
         totals = torch.zeros(len(seeds), dtype=torch.float64)
         for start in range(0, n, batch_size):
             idx = order[:, start : start + batch_size]
@@ -145,7 +153,7 @@ def train(
             with torch.no_grad():
                 for k, p in params.items():
                     p.sub_(grads[k], alpha=lr)
-            totals += loss.detach().double() * idx.shape[1]
+            totals += loss.detach().double().cpu() * idx.shape[1]
         for i in range(len(seeds)):
             history[i].append(float(totals[i]) / n)
     with torch.no_grad():
@@ -153,3 +161,11 @@ def train(
             for k, p in m.named_parameters():
                 p.copy_(params[k][i])
     return EnsembleResult(tuple(seeds), tuple(models), tuple(tuple(h) for h in history), vectorised=True)
+
+
+def __getattr__(name: str) -> Any:  # the sweep (pydantic, the runner) loads on first use
+    if name in ("SweepConfig", "load_sweep_config", "run_sweep"):
+        from permsym.ensemble import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module 'permsym.ensemble' has no attribute {name!r}")

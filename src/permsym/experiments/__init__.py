@@ -9,6 +9,8 @@ from permsym.experiments.c4_curvature import CurvatureVsWidth
 from permsym.experiments.c5_overlap import Overlap
 from permsym.experiments.r1_prepruning import PrePruning
 from permsym.experiments.r2_reordering import Reordering
+from permsym.experiments.r3_orthopoly import OrthoPolyActivations
+from permsym.experiments.r4_modular import ModularVsMonolithic
 from permsym.experiments.runner import run_experiments
 from permsym.experiments.u1_noise_aware import NoiseAware
 
@@ -17,7 +19,7 @@ __all__ = ["EXPERIMENTS", "SCALES", "Experiment", "Verdict", "config_key", "expe
 
 def EXPERIMENTS() -> list[Experiment]:  # noqa: N802 - a registry, called like a constant
     """All experiments, in report order."""
-    return [Counts(), Equilibrium(), CurvatureVsWidth(), Overlap(), PrePruning(), Reordering(), NoiseAware()]
+    return [Counts(), Equilibrium(), CurvatureVsWidth(), Overlap(), PrePruning(), Reordering(), OrthoPolyActivations(), ModularVsMonolithic(), NoiseAware()]
 
 
 def experiments_by_name(only: list[str] | None = None) -> list[Experiment]:

@@ -96,10 +96,10 @@ def fit(
             raise ValueError("fit: optimizer must be the one the TemperatureControl wraps (or omitted).")
         optimizer = controller.optimizer
     X, y = as_data(data)
-    dtype = next(model.parameters()).dtype
-    X = X.to(dtype)
-    if y.is_floating_point():
-        y = y.to(dtype)
+    first = next(model.parameters())
+    dtype, device = first.dtype, first.device  # data follow the model (a GPU model trains on the GPU)
+    X = X.to(device=device, dtype=dtype)
+    y = y.to(device=device, dtype=dtype) if y.is_floating_point() else y.to(device)
     loss_fn = loss_fn or (F.mse_loss if y.is_floating_point() else F.cross_entropy)
     n = X.shape[0]
     generator = torch.Generator().manual_seed(seed)
@@ -116,7 +116,7 @@ def fit(
     try:
         for epoch in range(1, epochs + 1):
             good = copy.deepcopy(model.state_dict())
-            perm = torch.randperm(n, generator=generator)
+            perm = torch.randperm(n, generator=generator).to(device)  # drawn on the CPU: same order everywhere
             total, count = 0.0, 0
             for s in range(0, n, batch_size):
                 idx = perm[s : s + batch_size]

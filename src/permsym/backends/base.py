@@ -1,0 +1,80 @@
+"""The executor interface behind every backend, and the factory that picks one."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+BACKENDS = ("local", "ray")
+
+
+class Executor(ABC):
+    """Run units somewhere; give each result back once, in completion order.
+
+    Units are ``fn(*args)`` with picklable ``fn`` and ``args`` (module-level functions and
+    objects) and must be deterministic: a unit that is retried after a crash computes the
+    same result again. Use as a context manager so that workers are released.
+
+    Attributes:
+        torch_threads: intra-op torch threads a unit should use (``None``: leave as is).
+    """
+
+    name: str = "executor"
+    torch_threads: int | None = None
+
+    @abstractmethod
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> int:
+        """Queue the unit ``fn(*args)``; return its ticket (0, 1, 2, ... in submission order)."""
+
+    @abstractmethod
+    def as_completed(self) -> Iterator[tuple[int, Any]]:
+        """Yield ``(ticket, result)`` for every submitted unit, each exactly once, as they finish.
+
+        A unit that raised re-raises its exception here (after earlier results were yielded).
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook: nothing to release by default
+        """Release workers; pending units are cancelled."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def make_executor(backend: str = "local", *, jobs: int = 1, address: str | None = None, num_gpus: float = 0,
+                  call: str = "run") -> Executor:
+    """The executor for ``backend``: ``local`` (``jobs`` processes; 1 = in process) or ``ray``.
+
+    Args:
+        backend: ``local`` or ``ray``.
+        jobs: local worker processes (``local`` only; Ray schedules on the cluster's CPUs).
+        address: Ray cluster address (``ray`` only; ``None`` starts or finds a local Ray).
+        num_gpus: GPUs one unit reserves (``ray`` only; local units share this machine's GPU).
+        call: the caller's name for error messages (e.g. ``paper``).
+
+    Examples:
+        >>> with make_executor("local") as ex:
+        ...     t = ex.submit(pow, 2, 10)
+        ...     list(ex.as_completed())
+        [(0, 1024)]
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"{call}: backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"{call}: jobs must be a positive integer; got {jobs!r}.")
+    if backend == "local":
+        if address is not None:
+            raise ValueError(f"{call}: address is for the ray backend; got address={address!r} with backend 'local'.")
+        from permsym.backends.local import ProcessExecutor, SerialExecutor
+
+        return SerialExecutor() if jobs == 1 else ProcessExecutor(jobs)
+    if jobs != 1:
+        raise ValueError(f"{call}: jobs is for the local backend (Ray schedules one unit per CPU of the "
+                         f"cluster); got jobs={jobs} with backend 'ray'.")
+    from permsym.backends.ray_backend import RayExecutor
+
+    return RayExecutor(address=address, num_gpus=num_gpus, call=call)
