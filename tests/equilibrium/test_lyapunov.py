@@ -72,3 +72,14 @@ def test_linear_exact_direct_iterate_and_frozen_limit():
     assert torch.allclose(mom.C, torch.cov(G.T, correction=0), atol=1e-12)
     with pytest.warns(NoEquilibriumWarning, match=r"eta\*lambda_max = "):
         predict_stationary_covariance_linear(X, y, lr=5.0, batch_size=2)
+
+
+@pytest.mark.parametrize("lam", [-0.5, 0.0])
+def test_non_positive_curvature_has_no_equilibrium(lam: float) -> None:
+    """A flat or concave direction: a warning and NaN, never negative variances or a raw scipy error."""
+    from permsym.equilibrium import NoEquilibriumWarning, predict_stationary_covariance
+
+    H = torch.diag(torch.tensor([lam, 1.0], dtype=torch.float64))
+    with pytest.warns(NoEquilibriumWarning, match=r"H must be positive definite .*lambda_min = "):
+        sigma = predict_stationary_covariance(H, torch.eye(2, dtype=torch.float64), lr=0.1, batch_size=1)
+    assert torch.isnan(sigma).all()

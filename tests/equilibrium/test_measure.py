@@ -95,3 +95,18 @@ def test_measure_rejects_bad_subspace(problem):
     X, y, _, model = problem
     with pytest.raises(ValueError, match=r"measure_stationary_covariance: subspace must be a \(P, k\) matrix with P = 4"):
         measure_stationary_covariance(model, (X, y), lr=0.1, batch_size=2, steps=10, subspace=torch.zeros(3, 1))
+
+
+def test_frozen_parameters_do_not_move() -> None:
+    """requires_grad=False is the user's choice: SGD must leave those coordinates alone."""
+    from permsym.curvature.functional import FlatLoss
+    from permsym.equilibrium import run_sgd
+
+    X, y = load(SPEC, dtype=torch.float64)
+    model = permsym.build("mlp:3-4-1", seed=0).double()
+    model.fc1.weight.requires_grad_(False)
+    flat = FlatLoss(model, torch.nn.functional.mse_loss, (X, y))
+    end = run_sgd(flat, flat.theta, lr=0.05, batch_size=4, steps=50, generator=torch.Generator().manual_seed(0))
+    n = model.fc1.weight.numel()
+    assert torch.equal(end[:n], flat.theta[:n])
+    assert not torch.equal(end[n:], flat.theta[n:])

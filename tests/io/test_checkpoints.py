@@ -74,3 +74,15 @@ def test_save_needs_an_architecture(tmp_path: Path) -> None:
 def test_metadata_is_json(tmp_path: Path) -> None:
     path = permsym.save(permsym.build("mlp:2-2"), tmp_path / "m.safetensors", metadata={"a": [1, 2]})
     assert json.dumps(load_state(path)[1]["a"]) == "[1, 2]"
+
+
+def test_saved_files_get_the_usual_mode(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = permsym.save(permsym.build("mlp:2-2"), tmp_path / "m.safetensors")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -201,3 +201,21 @@ def test_regular_masks_need_bliss_and_match_brute_force() -> None:
     order, _ = brute_force(model, x)
     c = count_symmetries(model, x)
     assert order == 8 == _exact(c.log10_order)  # the 8-cycle's side-preserving automorphisms
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_random_permutation_reaches_every_element_of_a_small_group(k: int) -> None:
+    """Draws from the k! mask automorphisms of k planted units must hit all of them (odd ones too)."""
+    model = permsym.build("mlp:8-10-6-2,density=0.3,mask_seed=0")
+    fc1, fc2 = model.fc1.mask.clone(), model.fc2.mask.clone()
+    fc1[1:k] = fc1[0]
+    fc2[:, 1:k] = fc2[:, [0]]
+    _set_masks(model, [fc1, fc2, model.out.mask])
+    s = infer_structure(model, example_input(model))
+    seen = {tuple(random_permutation(s, torch.Generator().manual_seed(seed))["fc1"][:k].tolist()) for seed in range(60)}
+    assert seen == set(itertools.permutations(range(k)))  # P(miss one) < 6 (5/6)^60 ~ 1e-4, seeds fixed
+
+
+def test_order_is_an_exact_integer() -> None:
+    c = count_symmetries(permsym.build("mlp:4-17-2"), torch.zeros(1, 4))
+    assert c.order == math.factorial(17) and c.to_json()["order"] == 355687428096000

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except TyperException as exc:
         sys.stderr.write(f"permsym {command}: {exc.format_message()}\n".replace("permsym : ", "permsym: "))
         return 2
-    except (PermsymError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (PermsymError, ValueError, TypeError, OSError) as exc:
         message = " ".join(str(exc).split())
         if command and message.startswith(f"{command}: "):  # the library already named the call
             message = message[len(command) + 2 :]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from typing import Any
 
@@ -18,25 +17,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console(stderr=True)
+# markup off: paths and architecture strings are user text, "[red]" in a file name stays literal
+console = Console(stderr=True, markup=False)
 # piped output (files, tests, CI logs) is not cut at 80 columns
-stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no inf/nan: write them as strings so the output stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, markup=False)
 
 
 def print_json(obj: Any) -> None:
     """Print one JSON object on stdout."""
-    sys.stdout.write(json.dumps(_finite(obj), indent=2) + "\n")
+    from permsym.io import json_safe
+
+    sys.stdout.write(json.dumps(json_safe(obj), indent=2) + "\n")
     sys.stdout.flush()
 
 

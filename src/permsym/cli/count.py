@@ -123,6 +123,6 @@ def info(
         print_json(payload)
         return
     stdout.print(
-        f"[bold]{checkpoint}[/bold]: {meta['arch']}, {num_params:,} parameters, {payload['dtype']}"
+        f"{checkpoint}: {meta['arch']}, {num_params:,} parameters, {payload['dtype']}"
     )
     stdout.print(_count_table([{"arch": meta["arch"], **result.to_json()}]))

@@ -71,6 +71,7 @@ class FlatLoss:
         if not params:
             raise ValueError("FlatLoss: model must have parameters; got none.")
         self.dtype = dtype or params[0].dtype
+        self.trainable = [p.requires_grad for p in params]  # the user's choice, before the copy is frozen
         self.module = copy.deepcopy(model).to(self.dtype).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)

@@ -72,9 +72,9 @@ def predict_stationary_covariance(
 ) -> torch.Tensor:
     r"""Solve $\Sigma = A \Sigma A^\top + \eta^2 f C / B$, $A = I - \eta H$ (scipy.linalg.solve_discrete_lyapunov).
 
-    $f = 1$ with replacement, $(N-B)/(N-1)$ without. If $\eta\lambda_{\max}(H) \ge 2$ no
-    stationary distribution exists: a :class:`NoEquilibriumWarning` names $\eta\lambda_{\max}$
-    and the result is all NaN.
+    $f = 1$ with replacement, $(N-B)/(N-1)$ without. A stationary distribution exists only for
+    $0 < \eta\lambda_i < 2$: if $\eta\lambda_{\max}(H) \ge 2$ or $\lambda_{\min}(H) \le 0$ a
+    :class:`NoEquilibriumWarning` says which, and the result is all NaN.
 
     Examples:
         >>> H = torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))
@@ -92,8 +92,17 @@ def predict_stationary_covariance(
     factor = sampling_factor(sampling, batch_size, n, call="predict_stationary_covariance")
     H64 = 0.5 * (H + H.T).to(torch.float64)
     C64 = 0.5 * (C + C.T).to(torch.float64)
-    lam_max = float(torch.linalg.eigvalsh(H64)[-1])
+    eigenvalues = torch.linalg.eigvalsh(H64)
+    lam_min, lam_max = float(eigenvalues[0]), float(eigenvalues[-1])
     if check_stability(lam_max, lr, call="predict_stationary_covariance") >= 2:
+        return torch.full_like(H64, float("nan"))
+    if lam_min <= 0:  # flat or concave directions: the iterates diffuse, no stationary law
+        warnings.warn(
+            f"predict_stationary_covariance: H must be positive definite for an equilibrium to exist; got "
+            f"lambda_min = {lam_min:.4g}. Along such directions the variance grows without bound.",
+            NoEquilibriumWarning,
+            stacklevel=2,
+        )
         return torch.full_like(H64, float("nan"))
     A = torch.eye(H64.shape[0], dtype=torch.float64) - lr * H64
     Q = lr**2 * factor * C64 / batch_size

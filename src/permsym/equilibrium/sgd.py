@@ -70,7 +70,8 @@ def run_sgd(
     params = list(module.parameters())
     with torch.no_grad():
         torch.nn.utils.vector_to_parameters(theta0.to(flat.dtype).clone(), params)
-    for p in params:
+    trainable = [p for p, keep in zip(params, flat.trainable, strict=True) if keep]
+    for p in trainable:
         p.requires_grad_(True)
     X, y, loss_fn = flat.X, flat.y, flat.loss_fn
 
@@ -80,9 +81,9 @@ def run_sgd(
 
     theta = theta0
     for t, idx in enumerate(batch_indices(X.shape[0], batch_size, steps, sampling=sampling, generator=generator)):
-        grads = torch.autograd.grad(loss_fn(module(X[idx]), y[idx]), params)
+        grads = torch.autograd.grad(loss_fn(module(X[idx]), y[idx]), trainable)  # frozen ones stay put
         with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
+            for p, g in zip(trainable, grads, strict=True):
                 p.sub_(g, alpha=lr)
             theta = torch.nn.utils.parameters_to_vector(params)
         if t % 256 == 0 and not bool(torch.isfinite(theta).all()):

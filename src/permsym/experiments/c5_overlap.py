@@ -95,7 +95,9 @@ class Overlap(Experiment):
         X, y = load(_TEACHER, dtype=torch.float64)
         model = permsym.build(f"mlp:4-{w}-1,act=tanh", seed=seed).double()
         fit(model, (X, y), epochs=config["epochs"], lr=0.05, batch_size=16, seed=seed)
-        lam = hessian_top_eigenvalues(model, torch.nn.functional.mse_loss, (X, y), 1, tol=1e-6).eigenvalues[0]
+        lam = hessian_top_eigenvalues(
+            model, torch.nn.functional.mse_loss, (X, y), 1, tol=1e-6, generator=torch.Generator().manual_seed(seed)
+        ).eigenvalues[0]
         lr = config["eta_lambda"] / lam
         from permsym.symmetry import example_input, infer_structure
 

@@ -17,15 +17,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from permsym._errors import PermsymError
 from permsym.experiments.base import SCALES, Experiment, config_key, file_stem
-from permsym.io import atomic_write
+from permsym.io import atomic_write, json_safe
 
 # One unit of cached work: the file its result goes to, the fields written next to the
 # records, the function that computes the records and its arguments (picklable).
 Unit = tuple[Path, dict[str, Any], Callable[..., list[dict[str, Any]]], tuple[Any, ...]]
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+def _write_json(path: Path, obj: Any, *, strict: bool = False) -> None:
+    """Unit caches keep NaN/inf as Python writes them (they round-trip); ``strict`` files are
+    standard JSON, with non-finite numbers as strings."""
+    text = json.dumps(json_safe(obj) if strict else obj, indent=2, sort_keys=True, allow_nan=not strict) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
@@ -119,7 +121,7 @@ def run_experiments(
     for exp in experiments:
         recs = [r for r in results["records"] if r["experiment"] == exp.name]
         exp.plot(recs, out / f"{file_stem(exp.name)}.png")
-    _write_json(out / "results.json", results)
+    _write_json(out / "results.json", results, strict=True)
     write_report(experiments, results, out, scale=scale)
     return results
 

@@ -190,7 +190,6 @@ class NoiseAware(Experiment):
                 {"metric": "samples", "seed": seed, "value": facts["samples"]},
                 {"metric": "hvps", "seed": seed, "value": facts["hvps"]},
                 {"metric": "refused_lrs", "seed": seed, "value": facts["refused"]},
-                {"metric": "seconds", "seed": seed, "value": facts["seconds"]},
             ]
             ms = facts["measurements"]
             stride = max(1, math.ceil(len(ms) / _MAX_POINTS))

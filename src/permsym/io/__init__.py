@@ -22,7 +22,25 @@ from permsym._errors import PermsymError
 
 FORMAT = "permsym-checkpoint/1"
 
-__all__ = ["FORMAT", "atomic_write", "load", "load_state", "save"]
+__all__ = ["FORMAT", "atomic_write", "json_safe", "load", "load_state", "save"]
+
+
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats by the strings ``"nan"``, ``"inf"``, ``"-inf"`` (JSON has none).
+
+    Examples:
+        >>> json_safe({"a": [1.0, float("nan")], "b": float("-inf")})
+        {'a': [1.0, 'nan'], 'b': '-inf'}
+    """
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
@@ -33,6 +51,11 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the usual mode
+        with open(tmp, "rb+") as f:  # the bytes reach the disk before the name points at them
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

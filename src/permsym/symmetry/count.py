@@ -10,7 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from permsym.symmetry.graph import build_unit_graph, log10_automorphisms, log10_factorial, refine
+from permsym.symmetry.graph import (
+    EXACT_BELOW,
+    build_unit_graph,
+    count_automorphisms,
+    log10_automorphisms,
+    log10_factorial,
+    refine,
+)
 from permsym.symmetry.structure import Structure
 from permsym.symmetry.trace import infer_structure
 
@@ -24,6 +31,7 @@ class SymmetryCount:
     Attributes:
         log10_order: $\log_{10}|G|$, $G$ the permutations that keep the model's masks
             (graph automorphisms, inputs and outputs fixed); $\sum_k \log_{10} w_k!$ unmasked.
+        order: $|G|$ as an exact integer when it is below $10^{30}$, else None.
         log10_order_unmasked: the plain formula $\sum_k \log_{10} w_k!$ (lgamma).
         log10_order_with_sign_flips: $\log_{10}|G| + \sum_{k\ odd} w_k \log_{10} 2$ where
             units pass only odd activations (tanh, identity), else None.
@@ -34,6 +42,7 @@ class SymmetryCount:
     """
 
     log10_order: float
+    order: int | None
     log10_order_unmasked: float
     log10_order_with_sign_flips: float | None
     log10_stabilizer: float
@@ -41,11 +50,6 @@ class SymmetryCount:
     masked: bool
     groups: tuple[dict[str, Any], ...]
     seconds: float
-
-    @property
-    def order(self) -> int | None:
-        """|G| as an exact integer when it is below 1e15, else None."""
-        return round(10**self.log10_order) if self.log10_order < 15 else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,9 +92,10 @@ def count_symmetries(model: nn.Module, example_input: torch.Tensor, *, structure
     state = model.state_dict()
     unmasked = sum(log10_factorial(g.size) for g in structure.groups)
     if structure.masks:
-        log10_order = log10_automorphisms(build_unit_graph(structure, structure.mask_values))
+        log10_order, order = count_automorphisms(build_unit_graph(structure, structure.mask_values))
     else:
         log10_order = unmasked
+        order = math.prod(math.factorial(g.size) for g in structure.groups) if unmasked < EXACT_BELOW else None
     full = build_unit_graph(structure, state)
     log10_stab = log10_automorphisms(full)
     classes = refine(full)
@@ -109,6 +114,7 @@ def count_symmetries(model: nn.Module, example_input: torch.Tensor, *, structure
     )
     return SymmetryCount(
         log10_order=log10_order,
+        order=order,
         log10_order_unmasked=unmasked,
         log10_order_with_sign_flips=flips,
         log10_stabilizer=log10_stab,

@@ -107,8 +107,16 @@ def refine(graph: UnitGraph) -> list[np.ndarray]:
         counts = new_counts
 
 
+EXACT_BELOW = 30  # exact integer counts are returned below 10**30
+
+
 def log10_automorphisms(graph: UnitGraph) -> float:
     """log10 of the number of automorphisms of ``graph`` (exact)."""
+    return count_automorphisms(graph)[0]
+
+
+def count_automorphisms(graph: UnitGraph) -> tuple[float, int | None]:
+    """(log10 |Aut|, |Aut| as an exact integer when it is below 10**30, else None)."""
     colors = refine(graph)
     classes = [(g, c) for g in range(len(colors)) for c in np.unique(colors[g])]
     members = {(g, c): np.flatnonzero(colors[g] == c) for g, c in classes}
@@ -126,10 +134,12 @@ def log10_automorphisms(graph: UnitGraph) -> float:
                 if (block != block.flat[0]).any():
                     hard.append(((a, int(ca)), (b, int(cb)), block))
     involved = {k for h in hard for k in h[:2]}
-    total = sum(log10_factorial(len(members[k])) for k in members if k not in involved)
-    if hard:
-        total += math.log10(_bliss_count(hard, members))
-    return total
+    free = [len(members[k]) for k in members if k not in involved]
+    total = sum(log10_factorial(n) for n in free)
+    bliss = _bliss_count(hard, members) if hard else 1
+    total += math.log10(bliss)
+    exact = math.prod(math.factorial(n) for n in free) * bliss if total < EXACT_BELOW else None
+    return total, exact
 
 
 def _bliss_count(hard: list, members: dict) -> int:

@@ -20,8 +20,9 @@ def random_permutation(structure: Structure, generator: torch.Generator | None =
     """A random element of the model's symmetry group, one index tensor per group.
 
     Groups no mask constrains get a uniform permutation (``torch.randperm``). Where masks
-    constrain the units, the element is a random product of generators of the mask
-    automorphism group (igraph BLISS): always mask-preserving, close to uniform.
+    constrain the units, the element is the end of a lazy random walk over generators of the
+    mask automorphism group (igraph BLISS): always mask-preserving, every element reachable,
+    close to uniform for small groups (not exactly uniform).
 
     Examples:
         >>> import permsym
@@ -37,9 +38,14 @@ def random_permutation(structure: Structure, generator: torch.Generator | None =
     gens = automorphism_generators(graph)
     current = [np.arange(n) for n in graph.sizes]
     if gens:
+        # a lazy random walk (each step applies a random generator or stays put): a fixed number
+        # of generator products would keep the parity of the number of transpositions
         steps = 20 * len(gens) + 20
-        for idx in torch.randint(len(gens), (steps,), generator=gen).tolist():
-            current = [c[p] for c, p in zip(current, gens[idx], strict=True)]
+        picks = torch.randint(len(gens), (steps,), generator=gen).tolist()
+        moves = (torch.rand(steps, generator=gen) < 0.5).tolist()
+        for idx, move in zip(picks, moves, strict=True):
+            if move:
+                current = [c[p] for c, p in zip(current, gens[idx], strict=True)]
     return {g.name: torch.as_tensor(c, dtype=torch.long) for g, c in zip(structure.groups, current, strict=True)}
 
 

@@ -1,9 +1,10 @@
 """A plain, deterministic minibatch SGD training loop, optionally noise-aware.
 
-Shuffling comes from a private ``torch.Generator`` seeded with ``seed`` (the global RNG is
-never touched), so on the CPU the same seed gives the same parameters bit for bit. A
-:class:`~permsym.train.monitor.NoiseMonitor` measures gradient noise on the minibatches (it
-draws no random numbers, so it does not change the trajectory); a
+Shuffling comes from a private ``torch.Generator`` seeded with ``seed``, so on the CPU the same
+seed gives the same parameters bit for bit. Dropout layers draw from torch's global RNG (torch
+offers no per-module generator): seed it too for reproducible dropout. A
+:class:`~permsym.train.monitor.NoiseMonitor` measures gradient noise on the minibatches; its
+forward passes run under ``torch.random.fork_rng``, so monitoring never changes the trajectory; a
 :class:`~permsym.train.temperature.TemperatureControl` sets the learning rate from it.
 """
 
@@ -191,12 +192,15 @@ def _observe(
     The measurement reports $T$ at the lr used since the previous measurement (what the
     controller achieved); the controller's new lr is logged as ``lr_next``.
     """
-    if controller is not None and controller.due_curvature(step):
-        controller.track_curvature(model, loss_fn, xb, yb, step=step)
-        lr = controller.lr
-    if not monitor.due(step):
-        return lr
-    m = monitor.measure(model, loss_fn, xb, yb, step=step, lr=lr, epoch=epoch)
+    # measurements run extra forward passes; under fork_rng their dropout draws leave the
+    # training run's global RNG stream exactly as it would be without them
+    with torch.random.fork_rng(devices=[]):
+        if controller is not None and controller.due_curvature(step):
+            controller.track_curvature(model, loss_fn, xb, yb, step=step)
+            lr = controller.lr
+        if not monitor.due(step):
+            return lr
+        m = monitor.measure(model, loss_fn, xb, yb, step=step, lr=lr, epoch=epoch)
     if controller is not None:
         new = controller.update(m, total_steps=total_steps)
         m = replace(m, target_temperature=controller.target(step, total_steps=total_steps), lr_next=new, lambda_max=controller.lambda_max)
