@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/permsym paper --scale quick --out reports/paper
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
