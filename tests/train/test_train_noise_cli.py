@@ -70,3 +70,20 @@ def test_missing_tensorboard_is_exit_code_2(tmp_path, capsys, monkeypatch):
     assert code == 2
     assert err == ("permsym train: TensorBoard logging needs the tensorboard package, which is not installed; "
                    "install it with: pip install 'tensorboard>=2.15,<3'\n")
+
+
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path, capsys):
+    """With the real tensorboard package (the `tensorboard` extra): read the event file back."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator", reason="the tensorboard extra is not installed"
+    )
+    tb = tmp_path / "tb"
+    code, _, err = _run(capsys, [*BASE, "--out", str(tmp_path / "m.safetensors"), "--noise-every", "2", "--tensorboard", str(tb)])
+    assert code == 0, err
+    acc = event_accumulator.EventAccumulator(str(tb))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"noise/temperature", "noise/trace_C", "noise/grad_norm_sq", "noise/lr"} <= tags, tags
+    steps = [e.step for e in acc.Scalars("noise/temperature")]
+    values = [e.value for e in acc.Scalars("noise/temperature")]
+    assert steps == sorted(steps) and len(steps) >= 2 and all(v > 0 for v in values)
