@@ -14,7 +14,7 @@ Also: the spread of J over sweep orders (permsym ``generator`` seeds, and best-o
 ``--ensemble``, 32 seeds of an MLP 64-128-128-10 trained as a vmapped ensemble vs a loop.
 
 Usage (from the repository root, in a venv that has permsym and, optionally, rebasin==0.0.47):
-  python benchmarks/bench_alignment.py --backends permsym,transcription,rebasin --repeats 3
+  python benchmarks/bench_alignment.py --backends permsym,permsym-identity,transcription,rebasin --repeats 5
 """
 
 from __future__ import annotations
@@ -94,9 +94,15 @@ def transcription(pa: dict[str, np.ndarray], pb: dict[str, np.ndarray], axes, *,
 # --------------------------------------------------------------------------------------
 
 
-def run_permsym(a: nn.Module, b: nn.Module, seed: int = 0, restarts: int = 1):
-    r = permsym.align(a, b, method="weight", restarts=restarts, generator=torch.Generator().manual_seed(seed))
+def run_permsym(a: nn.Module, b: nn.Module, seed: int = 0, restarts: int = 1, init: str = "forward"):
+    r = permsym.align(a, b, method="weight", restarts=restarts, generator=torch.Generator().manual_seed(seed),
+                      init=init)
     return r.model, {"sweeps": r.sweeps}
+
+
+def run_permsym_identity(a: nn.Module, b: nn.Module, seed: int = 0, restarts: int = 1):
+    """permsym's Algorithm 1 from the identity (``init="identity"``), for comparison."""
+    return run_permsym(a, b, seed=seed, restarts=restarts, init="identity")
 
 
 def run_transcription(a: nn.Module, b: nn.Module, seed: int = 0):
@@ -117,10 +123,18 @@ def run_rebasin(a: nn.Module, b: nn.Module, seed: int = 0):
     return b, {}
 
 
-BACKENDS = {"permsym": run_permsym, "transcription": run_transcription, "rebasin": run_rebasin}
+BACKENDS = {"permsym": run_permsym, "permsym-identity": run_permsym_identity, "transcription": run_transcription,
+            "rebasin": run_rebasin}
+
+
+BACKENDS_USED: set[str] = set()
 
 
 def objective(a: nn.Module, b: nn.Module) -> float:
+    """The one score of every backend: sum_k <A_k, B_k> over all state tensors (weights and biases
+    each once), float64. (rebasin 0.0.47 descends on another sum: its cost matrices hold every
+    Linear's weight-row and bias terms 4 times and the next layer's column term twice, see
+    ``rebasin_cost_weights``; its result is still scored here with this J.)"""
     sb = b.state_dict()
     return float(sum(torch.vdot(v.double().reshape(-1), sb[k].double().reshape(-1)) for k, v in a.state_dict().items()))
 
@@ -141,21 +155,24 @@ def planted_pair(arch: str, noise: float = 0.01):
 def case(name: str, a: nn.Module, b: nn.Module, truth: nn.Module | None, backends: list[str], repeats: int):
     x = torch.randn(64, 784, generator=torch.Generator().manual_seed(7))
     times: dict[str, list[float]] = {k: [] for k in backends}
+    cpu: dict[str, list[float]] = {k: [] for k in backends}  # process CPU time: steadier on a shared machine
     out: dict[str, tuple[nn.Module, dict]] = {}
     for k in backends:  # warm-up: lazy imports and first-call costs stay out of the timings
         BACKENDS[k](copy.deepcopy(a), copy.deepcopy(b))
     for _ in range(repeats):
         for k in backends:
             ma, mb = copy.deepcopy(a), copy.deepcopy(b)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out[k] = BACKENDS[k](ma, mb)
             times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
     rows = []
     for k in backends:
         aligned, info = out[k]
         with torch.no_grad():
             change = float((aligned(x) - b(x)).abs().max())
         row = {"case": name, "backend": k, "median_s": statistics.median(times[k]), "min_s": min(times[k]),
+               "cpu_median_s": statistics.median(cpu[k]),
                "J": objective(a, aligned), "J_identity": objective(a, b), "out_change": change, **info}
         if truth is not None:
             row["exact"] = all(torch.equal(v, aligned.state_dict()[n]) for n, v in truth.state_dict().items())
@@ -166,10 +183,35 @@ def case(name: str, a: nn.Module, b: nn.Module, truth: nn.Module | None, backend
     return rows
 
 
+def rebasin_cost_weights(a: nn.Module, b: nn.Module) -> None:
+    """How often each tensor enters rebasin's cost matrix of each permutation (its PermutationInfo lists)."""
+    try:
+        from rebasin import PermutationCoordinateDescent
+    except ImportError:
+        return
+    pcd = PermutationCoordinateDescent(copy.deepcopy(a), copy.deepcopy(b), example_input(a, batch=16))
+    names = {id(p): n for n, p in pcd.model_b.named_parameters()}
+    for _, infos in pcd.pinit.model_graph.permutation_to_info:
+        counts: dict[str, int] = {}
+        for i in infos:
+            key = f"{names.get(id(i.parameter_b), '?')}[axis {i.axis}]"
+            counts[key] = counts.get(key, 0) + 1
+        print("rebasin cost terms:", ", ".join(f"{k} x{v}" for k, v in counts.items()), flush=True)
+
+
 def order_spread(a: nn.Module, b: nn.Module, seeds: int, restarts: int) -> None:
     ts = [objective(a, run_transcription(a, copy.deepcopy(b), seed=s)[0]) for s in range(seeds)]
     print(f"transcription over {seeds} sweep-order seeds: J min/median/max = {min(ts):.6g}/"
           f"{statistics.median(ts):.6g}/{max(ts):.6g}", flush=True)
+    ji = [objective(a, run_permsym_identity(a, b, seed=s)[0]) for s in range(seeds)]
+    print(f"permsym init=identity over {seeds} sweep-order seeds: J min/median/max = {min(ji):.6g}/"
+          f"{statistics.median(ji):.6g}/{max(ji):.6g}", flush=True)
+    if "rebasin" in BACKENDS_USED:
+        jr = []
+        for s in range(seeds):
+            jr.append(objective(a, run_rebasin(copy.deepcopy(a), copy.deepcopy(b), seed=s)[0]))
+        print(f"rebasin over {seeds} seeds: J min/median/max = {min(jr):.6g}/{statistics.median(jr):.6g}/"
+              f"{max(jr):.6g}", flush=True)
     js = [objective(a, run_permsym(a, b, seed=s)[0]) for s in range(seeds)]
     t0 = time.perf_counter()
     best = objective(a, run_permsym(a, b, seed=0, restarts=restarts)[0])
@@ -178,20 +220,27 @@ def order_spread(a: nn.Module, b: nn.Module, seeds: int, restarts: int) -> None:
           f"({time.perf_counter() - t0:.2f}s)", flush=True)
 
 
-def ensemble_bench(seeds: int) -> None:
+def ensemble_bench(seeds: int, repeats: int = 3) -> None:
     from permsym.ensemble import train as ensemble_train
     from permsym.train import fit
 
     X, y = torch.randn(2048, 64, generator=torch.Generator().manual_seed(0)), torch.randint(10, (2048,))
     arch, kw = "mlp:64-128-128-10", {"epochs": 2, "lr": 0.05, "batch_size": 32}
-    t0 = time.perf_counter()
-    for s in range(seeds):
-        fit(permsym.build(arch, seed=s), (X, y), seed=s, **kw)
-    loop = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ensemble_train(arch, (X, y), list(range(seeds)), **kw)
-    vm = time.perf_counter() - t0
-    print(f"ensemble {seeds} seeds {arch}: loop {loop:.2f}s, vmap {vm:.2f}s, throughput x{loop / vm:.1f}", flush=True)
+    loops, ens, cloops, cens = [], [], [], []
+    for _ in range(repeats):  # interleaved; wall and process CPU time
+        t0, c0 = time.perf_counter(), time.process_time()
+        for s in range(seeds):
+            fit(permsym.build(arch, seed=s), (X, y), seed=s, **kw)
+        loops.append(time.perf_counter() - t0)
+        cloops.append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
+        ensemble_train(arch, (X, y), list(range(seeds)), **kw)
+        ens.append(time.perf_counter() - t0)
+        cens.append(time.process_time() - c0)
+    loop, vm = statistics.median(loops), statistics.median(ens)
+    cl, ce = statistics.median(cloops), statistics.median(cens)
+    print(f"ensemble {seeds} seeds {arch}, median of {repeats}: loop {loop:.2f}s, ensemble {vm:.2f}s, "
+          f"throughput x{loop / vm:.1f}; CPU time loop {cl:.2f}s, ensemble {ce:.2f}s, x{cl / ce:.1f}", flush=True)
 
 
 def main() -> None:
@@ -208,6 +257,7 @@ def main() -> None:
     print(f"python {platform.python_version()} torch {torch.__version__} cpus {os.cpu_count()} "
           f"threads {args.threads} load1m {os.getloadavg()[0]:.2f}", flush=True)
     backends = args.backends.split(",")
+    BACKENDS_USED.update(backends)
     arch = f"mlp:784-{args.width}-{args.width}-{args.width}-10"
     torch.set_num_threads(args.threads)
     with threadpool_limits(limits=args.threads), torch.no_grad():
@@ -215,13 +265,15 @@ def main() -> None:
         case("planted", a, b, truth, backends, args.repeats)
         a, b = permsym.build(arch, seed=0), permsym.build(arch, seed=1)
         case("random", a, b, None, backends, args.repeats)
+        if "rebasin" in backends:
+            rebasin_cost_weights(a, b)
         order_spread(a, b, args.order_seeds, args.restarts)
         if args.large:
             big = "mlp:784-4096-4096-10"
             case("random-4096", permsym.build(big, seed=0), permsym.build(big, seed=1), None, ["permsym"], 1)
     if args.ensemble:
         with threadpool_limits(limits=args.threads):
-            ensemble_bench(args.ensemble)
+            ensemble_bench(args.ensemble, args.repeats)
     print(f"load1m at end {os.getloadavg()[0]:.2f}")
 
 

@@ -60,3 +60,43 @@ def test_bad_inputs() -> None:
     with pytest.raises(TrainingDiverged, match=r"^ensemble.train: the training loss must stay finite"):
         train("mlp:6-16-16-3", (torch.randn(32, 6) * 1e30, torch.randint(3, (32,))), [0], epochs=3, lr=1e30,
               batch_size=16)
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_stacked_mlp_path_is_taken_and_bit_equal_with_a_short_last_batch(regression: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import permsym.ensemble as ens
+
+    calls = []
+    made = ens._stacked_step
+
+    def spy(model, loss_fn):  # type: ignore[no-untyped-def]
+        step = made(model, loss_fn)
+        assert step is not None
+        return lambda *a: calls.append(a[1].shape) or step(*a)
+
+    monkeypatch.setattr(ens, "_stacked_step", spy)
+    arch = "mlp:6-16-16-3"
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(75, 6, generator=gen)
+    y = torch.randn(75, 3, generator=gen) if regression else torch.randint(3, (75,), generator=gen)
+    kw = {"epochs": 2, "lr": 0.05, "batch_size": 16}  # 4 full batches and one of 11 per epoch
+    result = train(arch, (X, y), [5, 1], **kw)
+    assert result.vectorised and len(calls) >= 8 and any(s[1] == 11 for s in calls)
+    for seed, model, losses in zip(result.seeds, result.models, result.losses, strict=True):
+        ref, history = _fit(arch, (X, y), seed, **kw)
+        for name, p in ref.named_parameters():
+            assert torch.equal(p, model.state_dict()[name]), (seed, name)
+        assert max(abs(a - b) / abs(b) for a, b in zip(losses, history.losses, strict=True)) < 1e-6
+
+
+def test_stacked_path_only_for_plain_linear_relu_sequentials() -> None:
+    from torch import nn
+
+    from permsym.ensemble import _stacked_step
+
+    F = torch.nn.functional
+    assert _stacked_step(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), F.cross_entropy) is not None
+    assert _stacked_step(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), F.cross_entropy) is None
+    assert _stacked_step(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)), F.mse_loss) is None
+    assert _stacked_step(nn.Sequential(nn.Linear(3, 2)), F.l1_loss) is None
+    assert _stacked_step(permsym.build("resmlp:6-8-2,blocks=1"), F.mse_loss) is None

@@ -127,6 +127,36 @@ def unit_features(state: Mapping[str, torch.Tensor], lay: Layout, gi: int, perms
     return torch.cat(parts, dim=1)
 
 
+def _per_unit(a: torch.Tensor, b: torch.Tensor, axis: int, n: int) -> torch.Tensor:
+    """Sum of ``a * b`` over every axis but ``axis``, then over each unit's block: ``(n,)`` float64."""
+    t = a * b
+    other = [d for d in range(t.dim()) if d != axis]
+    return (t.sum(dim=other) if other else t).reshape(n, -1).sum(1).to(torch.float64)
+
+
+def unit_cosines(sa: Mapping[str, torch.Tensor], aligned: Mapping[str, torch.Tensor], lay: Layout) -> dict[str, torch.Tensor]:
+    r"""$\cos(a_i, b_i)$ of the connection vectors of reference unit $i$ and aligned unit $i$, per group.
+
+    The same numbers as :func:`permsym.alignment.result.cosine_similarity_per_unit` (up to
+    rounding), accumulated member by member from the tensors as they are: no permuted copies
+    and no concatenated feature matrices. Pass float64 tensors for float64 results.
+    """
+    out = {}
+    for group in lay.structure.groups:
+        n = group.size
+        dot, na, nb = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
+        for m in group.members:
+            if m.name in lay.masks or not sa[m.name].is_floating_point():
+                continue
+            a, b = sa[m.name], aligned[m.name]
+            dot += _per_unit(a, b, m.axis, n)
+            na += _per_unit(a, a, m.axis, n)
+            nb += _per_unit(b, b, m.axis, n)
+        denom = (na.sqrt() * nb.sqrt()).clamp_min(torch.finfo(torch.float64).tiny)
+        out[group.name] = dot / denom
+    return out
+
+
 def _row_ids(rows: np.ndarray) -> np.ndarray:
     return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
 

@@ -17,8 +17,9 @@ from permsym.alignment._units import (
     layout_of,
     permute_state,
     scored_names,
+    unit_cosines,
 )
-from permsym.alignment.result import AlignmentResult, cosine_similarity_per_unit
+from permsym.alignment.result import AlignmentResult
 from permsym.symmetry.structure import Structure
 
 __all__ = ["METHODS", "align", "data_tensor", "structure_of"]
@@ -41,15 +42,37 @@ def data_tensor(data: Any, *, call: str = "align") -> torch.Tensor | None:
     raise TypeError(f"{call}: data must be a tensor, an (X, y) pair or a data spec string; got {type(data).__name__}.")
 
 
+_TRACED: dict[tuple, Structure] = {}  # structures traced from permsym_arch example inputs (see structure_of)
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What tracing depends on besides the arch string: module types by name, tensor shapes and dtypes."""
+    modules = tuple((n, type(m).__qualname__, type(m).__module__) for n, m in model.named_modules())
+    tensors = tuple((k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items())
+    return (model.permsym_arch, type(model).__qualname__, modules, tensors)
+
+
 def structure_of(model: nn.Module, x: torch.Tensor | None = None, *, call: str = "align") -> Structure:
-    """The model's permutation structure, traced on ``x[:2]`` or on a zero input of its arch."""
+    """The model's permutation structure, traced on ``x[:2]`` or on a zero input of its arch.
+
+    Without ``x`` the structure of a model built from a ``permsym_arch`` is remembered (keyed by
+    the arch string, the module types by name and every tensor's name, shape and dtype), so
+    aligning many models of one architecture traces once. Structures are immutable.
+    """
     from permsym.symmetry import example_input, infer_structure
 
     if x is not None:
         return infer_structure(model, x[:2].to(next(model.parameters()).dtype))
     if getattr(model, "permsym_arch", None) is None:
         raise PermsymError(f"{call}: model has no permsym_arch to build an example input from; pass data=.")
-    return infer_structure(model, example_input(model))
+    key = _signature(model)
+    hit = _TRACED.get(key)
+    if hit is None:
+        hit = infer_structure(model, example_input(model))
+        if len(_TRACED) >= 32:
+            _TRACED.pop(next(iter(_TRACED)))
+        _TRACED[key] = hit
+    return hit
 
 
 def _check_models(reference: nn.Module, other: nn.Module, lay: Layout) -> None:
@@ -73,6 +96,7 @@ def align(
     restarts: int = 1,
     max_sweeps: int = 100,
     generator: torch.Generator | None = None,
+    init: str = "forward",
 ) -> AlignmentResult:
     r"""Permute the units of ``other`` to match those of ``reference``; neither is changed.
 
@@ -90,8 +114,9 @@ def align(
         data: inputs for ``activation`` (tensor, ``(X, y)`` or a data spec string).
         structure: the structure of both models (default: traced from ``reference``).
         key: sort key (``out_norm``, ``in_norm``, ``norm``) for ``method="sort"``.
-        restarts, max_sweeps, generator: weight matching options (sweep orders are drawn
-            from ``generator``).
+        restarts, max_sweeps, generator, init: weight matching options (sweep orders are
+            drawn from ``generator``; ``init="forward"`` starts from a greedy layer-by-layer
+            match, ``"identity"`` from the identity as in Algorithm 1).
 
     Raises:
         ValueError: unknown method, or ``activation`` without data.
@@ -118,16 +143,20 @@ def align(
     sa = {k: v.detach() for k, v in reference.state_dict().items()}
     sb = {k: v.detach() for k, v in other.state_dict().items()}
     names = scored_names(sa, lay)
+    sa64, sb64 = ({k: s[k].double() for k in names} for s in (sa, sb))  # every score below is float64
     notes: list[str] = []
     similarity: dict[str, torch.Tensor] | None = None
     history: tuple[float, ...] = ()
     objectives: tuple[float, ...] = ()
     sweeps = 1
+    scores: tuple[float, float] | None = None  # (objective, objective at the identity), when known
     if method == "weight":
         from permsym.alignment.weight_matching import match_weights
 
-        wm = match_weights(sa, sb, lay, max_sweeps=max_sweeps, restarts=restarts, generator=generator)
+        wm = match_weights(sa, sb, lay, max_sweeps=max_sweeps, restarts=restarts, generator=generator, init=init,
+                           sa64=sa64, sb64=sb64)
         perms, history, objectives, sweeps = list(wm.perms), wm.history, wm.objectives, wm.sweeps
+        scores = (wm.objective, wm.objective_identity)  # the same float64 inner products
         for gi in wm.fixed_groups:
             notes.append(f"group {structure.groups[gi].name!r}: its masks admit only the identity here; "
                          f"the units stay where they are.")
@@ -147,15 +176,17 @@ def align(
     aligned_state = permute_state(sb, lay, perms)
     model = copy.deepcopy(other)
     model.load_state_dict(aligned_state)
-    sa64, sb64, al64 = ({k: s[k].double() for k in names} for s in (sa, sb, aligned_state))
+    al64 = {k: aligned_state[k].double() for k in names}
     if similarity is None:
-        similarity = cosine_similarity_per_unit(sa64, al64, lay)
+        similarity = unit_cosines(sa64, al64, lay)
+    if scores is None:
+        scores = (inner(sa64, al64, names), inner(sa64, sb64, names))
     return AlignmentResult(
         method=method,
         permutations={g.name: p for g, p in zip(structure.groups, perms, strict=True)},
         model=model,
-        objective=inner(sa64, al64, names),
-        objective_identity=inner(sa64, sb64, names),
+        objective=scores[0],
+        objective_identity=scores[1],
         distance_before=distance(sa64, sb64, names),
         distance_after=distance(sa64, al64, names),
         similarity=similarity,

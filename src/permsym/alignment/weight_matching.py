@@ -41,7 +41,9 @@ from permsym.alignment._units import (
     unit_matrix,
 )
 
-__all__ = ["WeightMatch", "match_weights"]
+__all__ = ["INITS", "WeightMatch", "match_weights"]
+
+INITS = ("forward", "identity")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ def _assign(cost: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
     """Column of the best assignment per row, maximising ``sum cost[i, col[i]]`` over allowed pairs."""
     if allowed is not None:
         cost = np.where(allowed, cost, -np.inf)
+    best = cost.argmax(axis=1)
+    if np.unique(best).size == best.size and np.isfinite(cost[np.arange(best.size), best]).all():
+        return best  # every row gets its own best column: no assignment can do better
     rows, cols = linear_sum_assignment(cost, maximize=True)
     out = np.empty_like(cols)
     out[rows] = cols
@@ -107,10 +112,46 @@ class _Costs:
         return total.double().cpu().numpy()
 
 
-def _descend(costs: _Costs, lay: Layout, sa, sb, perms: list[torch.Tensor], order_gen: torch.Generator,
-             max_sweeps: int, j0: float) -> tuple[list[torch.Tensor], list[float], int]:
+def _forward_start(costs: _Costs, lay: Layout, sb) -> tuple[list[torch.Tensor], list[int]]:
+    """Greedy start: solve the groups once in structure order, each on its *settled* terms only.
+
+    A member term of group ``g`` enters only when every other group moving that tensor was solved
+    before (for an MLP: a hidden layer's incoming weights and bias given the layer below, but not
+    its outgoing weights, whose other axis is still unaligned). From the identity the outgoing
+    terms pair units with arbitrary partners and add noise to the first assignments; leaving them
+    out until their partner group is settled is a better starting point (as in Git Re-Basin's
+    layer-by-layer matching). Masked groups keep the identity (admissibility of later groups).
+    The terms computed here go into the cost cache, stamped with the versions of the start.
+    Returns the start permutations and their versions (0: identity).
+    """
+    perms = [torch.arange(n) for n in lay.sizes]
+    versions = [0] * len(perms)
+    settled: set[int] = set()
+    for gi, group in enumerate(lay.structure.groups):
+        total: torch.Tensor | None = None
+        if not lay.is_masked(gi):
+            for m in costs.members[gi]:
+                entries = lay.axes[m.name]
+                if any(g not in settled for g, ax, _ in entries if (g, ax) != (gi, m.axis)):
+                    continue
+                b = permute_axes(sb[m.name], entries, perms, skip=(gi, m.axis))
+                key = (gi, m.name, m.axis)
+                term = costs.a_rows[key] @ unit_matrix(b, m.axis, group.size).T
+                deps = tuple(versions[g] if (g, ax) != (gi, m.axis) else -1 for g, ax, _ in entries)
+                costs.cache[key] = (deps, term)
+                total = term if total is None else total + term
+        if total is not None:
+            cols = torch.as_tensor(_assign(total.double().cpu().numpy(), None), dtype=torch.long)
+            if not torch.equal(cols, perms[gi]):
+                perms[gi], versions[gi] = cols, next(costs.stamps)
+        settled.add(gi)
+    return perms, versions
+
+
+def _descend(costs: _Costs, lay: Layout, sa, sb, perms: list[torch.Tensor], versions: list[int],
+             order_gen: torch.Generator, max_sweeps: int, j0: float) -> tuple[list[torch.Tensor], list[float], int]:
     n_groups = len(lay.structure.groups)
-    versions = [0] * n_groups
+    versions = list(versions)
     solved_at: list[tuple[int, ...] | None] = [None] * n_groups
     neighbours = [sorted(lay.neighbours(g)) for g in range(n_groups)]
     j = j0
@@ -149,6 +190,9 @@ def match_weights(
     max_sweeps: int = 100,
     restarts: int = 1,
     generator: torch.Generator | None = None,
+    init: str = "forward",
+    sa64: Mapping[str, torch.Tensor] | None = None,
+    sb64: Mapping[str, torch.Tensor] | None = None,
 ) -> WeightMatch:
     r"""Maximise $J(\pi)$ by coordinate descent; best of ``restarts`` random sweep orders.
 
@@ -159,22 +203,39 @@ def match_weights(
         restarts: independent descents from the identity, each with its own random group
             order per sweep; the one with the largest $J$ is returned.
         generator: draws the sweep orders (``None``: a generator seeded with 0).
+        init: where every descent starts: ``"forward"`` (default; one greedy pass over the
+            groups in structure order on already-settled terms, see :func:`_forward_start`;
+            used only if its $J$ is at least the identity's) or ``"identity"`` (Algorithm 1).
+        sa64, sb64: float64 copies of the scored tensors of ``sa`` and ``sb``, if the caller
+            has them (the exact objectives are computed from them; made here otherwise).
 
     Groups moving a mask are restricted to mask-preserving matches (the current
     permutation is always admissible, so a feasible assignment exists).
     """
     check_positive_int("match_weights", "max_sweeps", max_sweeps)
     check_positive_int("match_weights", "restarts", restarts)
+    if init not in INITS:
+        raise ValueError(f"match_weights: init must be one of {', '.join(INITS)}; got {init!r}.")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     names = scored_names(sa, lay)
-    j_id = inner(sa, sb, names)
+    if sa64 is None:  # converted once for the exact objectives below
+        sa64 = {k: sa[k].double() for k in names}
+    if sb64 is None:
+        sb64 = {k: sb[k].double() for k in names}
+    j_id = inner(sa64, sb64, names)
     costs = _Costs(sa, sb, lay)
     best: tuple[list[torch.Tensor], list[float], int] | None = None
     finals: list[float] = []
     with torch.no_grad():
+        first, v_first, j_first = [torch.arange(n) for n in lay.sizes], [0] * len(lay.sizes), j_id
+        if init == "forward":
+            fwd, v_fwd = _forward_start(costs, lay, sb)
+            j_fwd = inner(sa64, {k: permute_axes(sb[k], lay.axes[k], fwd) if k in lay.axes else sb64[k]
+                                 for k in names}, names)
+            if j_fwd >= j_id:  # never start below the identity: the objective must not decrease
+                first, v_first, j_first = fwd, v_fwd, j_fwd
         for _ in range(restarts):
-            start = [torch.arange(n) for n in lay.sizes]
-            perms, history, sweeps = _descend(costs, lay, sa, sb, start, gen, max_sweeps, j_id)
+            perms, history, sweeps = _descend(costs, lay, sa, sb, list(first), v_first, gen, max_sweeps, j_first)
             finals.append(history[-1])
             if best is None or history[-1] > best[1][-1]:
                 best = (perms, history, sweeps)
@@ -184,10 +245,14 @@ def match_weights(
         gi for gi in range(len(lay.sizes))
         if lay.is_masked(gi) and _only_identity(mask_admissible(sa, sb, lay, gi, perms))
     )
-    aligned = {k: permute_axes(sb[k], lay.axes[k], perms) if k in lay.axes else sb[k] for k in names}
+    if all(torch.equal(p, q) for p, q in zip(perms, first, strict=True)):
+        objective = j_first  # the start itself, already scored exactly
+    else:
+        aligned = {k: permute_axes(sb[k], lay.axes[k], perms) if k in lay.axes else sb64[k] for k in names}
+        objective = inner(sa64, aligned, names)
     return WeightMatch(
         perms=tuple(perms),
-        objective=inner(sa, aligned, names),
+        objective=objective,
         objective_identity=j_id,
         history=tuple(history),
         sweeps=sweeps,

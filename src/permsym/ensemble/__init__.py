@@ -3,13 +3,15 @@ r"""Vectorised seed ensembles: many seeds of one architecture trained in one pro
 Every seed runs exactly the algorithm of :func:`permsym.train.fit`: initial weights from
 ``permsym.build(arch, seed=s)``, minibatch order from ``torch.randperm`` on a private
 ``torch.Generator`` seeded with ``s``, plain SGD $\theta \leftarrow \theta - \eta \nabla \hat J_B$.
-The seeds' parameters are stacked (``torch.func.stack_module_state``) and one step of all seeds
-is one ``vmap`` of ``grad`` over the stack (a short last minibatch is looped over seeds: vmap
-takes other matmul kernels there, which are not bit-equal), so on the CPU each seed's result equals the
-single-seed trainer's bit for bit. Models whose forward pass updates buffers (BatchNorm in
+The seeds' parameters are stacked (``torch.func.stack_module_state``). A plain ``Sequential`` of
+``Linear`` and elementwise layers (``mlp:``) steps all seeds with one ``baddbmm`` per layer under
+ordinary autograd (no per-op ``vmap`` dispatch); other models step with one ``vmap`` of ``grad``
+over the stack (a short last minibatch is looped over seeds there: vmap takes other matmul
+kernels, which are not bit-equal; the batched path checks its short batch once and loops only
+if it differs), so on the CPU each seed's result equals the single-seed trainer's bit for bit. Models whose forward pass updates buffers (BatchNorm in
 training mode) cannot run under ``vmap``, and some ops (LayerNorm) give other floating-point
-results batched: the first step is checked against the single-seed step, and where either
-applies the seeds run in a loop (with a warning).
+results batched: the first step is checked against the single-seed step (batched path, then
+``vmap``), and where neither is exact the seeds run in a loop (with a warning).
 
 ``device`` puts models and data on a GPU (initial weights are still drawn on the CPU, so they
 equal the CPU run's; minibatch orders too). :func:`run_sweep` runs a grid of architectures x
@@ -58,6 +60,84 @@ def _per_seed(single: Any, params: dict[str, torch.Tensor], buffers: dict[str, t
             for i in range(idx.shape[0])]
     grads = {k: torch.stack([g[k] for g, _ in outs]) for k in params}
     return grads, torch.stack([loss for _, loss in outs])
+
+
+def _stacked_step(model: nn.Module, loss_fn: Any) -> Any:
+    """A batched SGD step for a plain ``Sequential`` of ``Linear`` and ``ReLU`` layers, else ``None``.
+
+    All seeds' layers run as one ``baddbmm`` each and the backward pass is written out with the
+    very GEMMs autograd runs for ``F.linear`` in the single-seed trainer (``y = b + x W^T``,
+    ``dx = g W``, ``dW = g^T x``, ``db = sum_rows g``), batched over seeds: no per-op ``vmap``
+    dispatch and no autograd graph, which dominate the step time of small models. Only the loss
+    (per-seed mean) goes through autograd. Returns ``step(params, xb, yb) -> (grads, loss per
+    seed)`` for stacked ``params``; the caller checks it against the single-seed step.
+    """
+    if type(model) is not nn.Sequential or loss_fn not in (F.cross_entropy, F.mse_loss):
+        return None
+    layers: list[tuple[str, bool]] = []  # (name, has bias) per Linear, ("", False) per ReLU
+    for name, m in model.named_children():
+        if type(m) is nn.Linear:
+            layers.append((name, m.bias is not None))
+        elif type(m) is nn.ReLU:
+            layers.append(("", False))
+        else:
+            return None
+    if not layers or not layers[0][0]:
+        return None
+
+    def step(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        with torch.no_grad():
+            saved, h = [], xb
+            for name, bias in layers:
+                saved.append(h)
+                if not name:
+                    h = torch.relu_(h)  # its input (saved) is not needed: the backward uses the output
+                elif bias:
+                    h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2))
+                else:
+                    h = torch.bmm(h, params[f"{name}.weight"].transpose(1, 2))
+        s, b = h.shape[0], h.shape[1]
+        if loss_fn is F.cross_entropy:  # fit's backward: nll_loss (mean) then log_softmax, written out
+            with torch.no_grad():
+                logp = torch.log_softmax(h.reshape(s * b, -1), 1)
+                target = yb.reshape(-1, 1)
+                loss = -logp.gather(1, target).view(s, b).mean(1)
+                step_ = torch.zeros_like(logp).scatter_(1, target, float(-(torch.ones((), dtype=h.dtype) / b)))
+                g = torch._log_softmax_backward_data(step_, logp, 1, h.dtype).view(s, b, -1)
+        else:
+            z = h.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = F.mse_loss(z, yb, reduction="none").reshape(s, -1).mean(1)
+                (g,) = torch.autograd.grad(loss.sum(), [z])
+        grads: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for i in range(len(layers) - 1, -1, -1):
+                name, bias = layers[i]
+                x = saved[i]
+                if not name:
+                    g = torch.ops.aten.threshold_backward(g, saved[i + 1] if i + 1 < len(saved) else h, 0)
+                    continue
+                w = params[f"{name}.weight"]
+                grads[f"{name}.weight"] = torch.bmm(g.transpose(1, 2), x)
+                if bias:
+                    grads[f"{name}.bias"] = g.sum(1)
+                if i > 0:
+                    g = torch.bmm(g, w)
+        return {k: grads[k] for k in params}, loss
+
+    return step
+
+
+def _per_seed_autograd(model: nn.Module, loss_fn: Any, params: dict[str, torch.Tensor], X: torch.Tensor,
+                       y: torch.Tensor, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each seed's step as :func:`permsym.train.fit` takes it: ordinary autograd, one seed at a time."""
+    outs = []
+    for i in range(idx.shape[0]):
+        p = {k: v[i].detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():
+            loss = loss_fn(functional_call(model, p, (X[idx[i]],)), y[idx[i]])
+            outs.append((dict(zip(p, torch.autograd.grad(loss, list(p.values())), strict=True)), loss.detach()))
+    return {k: torch.stack([g[k] for g, _ in outs]) for k in params}, torch.stack([loss for _, loss in outs])
 
 
 def train(
@@ -128,6 +208,9 @@ def train(
 
     single = grad_and_value(loss_one)
     step = vmap(single)
+    fast = _stacked_step(models[0], loss_fn)
+    mode = "bmm" if fast is not None else "vmap"  # first step checked; bmm -> vmap -> loop on a mismatch
+    short_ok: bool | None = None  # may a short last minibatch use the batched step? (checked once)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     n = X.shape[0]
     history: list[list[float]] = [[] for _ in seeds]
@@ -138,13 +221,30 @@ def train(
         for start in range(0, n, batch_size):
             idx = order[:, start : start + batch_size]
             if idx.shape[1] == batch_size:
-                grads, loss = step(params, buffers, X[idx], y[idx])
-                if start == 0 and not checked:  # vmap must reproduce the single-seed step bit for bit
-                    ref, _ = _per_seed(single, params, buffers, X, y, idx)
-                    if not all(torch.equal(grads[k], ref[k]) for k in params):
+                while not checked:  # the batched step must reproduce the single-seed step bit for bit
+                    if mode == "bmm":
+                        grads, loss = fast(params, X[idx], y[idx])
+                        ref, _ = _per_seed_autograd(models[0], loss_fn, params, X, y, idx)
+                    else:
+                        grads, loss = step(params, buffers, X[idx], y[idx])
+                        ref, _ = _per_seed(single, params, buffers, X, y, idx)
+                    if all(torch.equal(grads[k], ref[k]) for k in params):
+                        checked = True
+                    elif mode == "bmm":
+                        mode = "vmap"
+                    else:
                         return loop("gets other floating-point results under vmap (batched kernels)")
-                    checked = True
-            else:  # a short last batch: vmap picks other kernels there (not bit-equal), so loop
+                else:
+                    grads, loss = fast(params, X[idx], y[idx]) if mode == "bmm" else step(params, buffers, X[idx], y[idx])
+            elif mode == "bmm" and short_ok is not False:
+                # a short last batch: other shapes may pick other kernels, so it is checked once too
+                grads, loss = fast(params, X[idx], y[idx])
+                if short_ok is None:
+                    ref, ref_loss = _per_seed_autograd(models[0], loss_fn, params, X, y, idx)
+                    short_ok = all(torch.equal(grads[k], ref[k]) for k in params)
+                    if not short_ok:
+                        grads, loss = ref, ref_loss
+            else:  # vmap picks other matmul kernels on a short last batch (not bit-equal): loop
                 grads, loss = _per_seed(single, params, buffers, X, y, idx)
             if not bool(torch.isfinite(loss).all()):
                 bad = [seeds[i] for i in torch.nonzero(~torch.isfinite(loss)).flatten().tolist()]
