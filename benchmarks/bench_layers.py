@@ -2,8 +2,16 @@
 """Forward+backward of ortho-polynomial activations and modular layers, side by side.
 
 Times ``y = layer(x); y.backward(g)`` on ``x`` of shape (4096, 1024) float32 (median of
-``--repeats`` after ``--warmup``), each variant in a fresh subprocess whose peak RSS (from
-``resource.getrusage``) minus the ``noop`` variant's (``y = x.clone()``) is its extra memory.
+``--repeats`` after ``--warmup``; wall and process CPU time), each variant in a fresh
+subprocess. Memory, two ways, each minus the ``noop`` variant's (``y = x.clone()``):
+
+* ``life MiB``: the timing process's lifetime peak RSS (``resource.getrusage``) - includes
+  imports, compilation and whatever glibc keeps after frees;
+* ``step MiB``: a second fresh process with glibc's mmap threshold fixed at 64 KiB
+  (``MALLOC_MMAP_THRESHOLD_``, so every large tensor is mapped on allocation and unmapped on
+  free and RSS follows live tensors), peak RSS (``VmHWM`` reset through
+  ``/proc/self/clear_refs`` after the warm-up steps) minus RSS before the measured
+  forward+backward steps: the extra peak memory of a forward+backward itself.
 
 Variants: ``noop``, ``gelu``, ``ortho<D>`` (OrthoPoly chebyshev, degree D, per-unit),
 ``ortho<D>c`` (same with ``compile=True``), ``naive<D>`` (stacked-basis chebyshev with plain
@@ -19,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -60,11 +69,13 @@ def _modular_layer(masked: bool):
     import torch
 
     import permsym
+    from permsym.layers.modular import module_blocks
 
     net = permsym.build(MODULAR.replace("64-10", "1024-10").replace("depth=3", "depth=2"))
 
     class One(torch.nn.Module):
-        """Only the hidden-to-hidden modular layer (gather + einsum), or its masked form."""
+        """Only the hidden-to-hidden modular layer (feature-major blocks + links), or its
+        masked dense form; the (4096, 1024) input is read as 16 modules of 64 units."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -74,10 +85,9 @@ def _modular_layer(masked: bool):
         def forward(self, x):
             if self.dense is not None:
                 return self.dense(x)
-            n = x.shape[0]
-            h = x.view(n, 16, 64)[:, self.net.gather].reshape(n, 16, -1)
+            h = x.view(16, 64, x.shape[0])  # feature-major, as ModularMLP keeps its hidden state
             w = self.net.weights[0] * self.net.masks[0]
-            return (torch.einsum("nmi,moi->nmo", h, w) + self.net.biases[0]).reshape(n, -1)
+            return module_blocks(h, w, self.net.biases[0], self.net.sources)
 
     return One()
 
@@ -122,6 +132,14 @@ class _Clone:
         return Clone()
 
 
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
@@ -146,48 +164,75 @@ def child(args: argparse.Namespace) -> None:
     first = step()[0]
     for _ in range(args.warmup - 1):
         step()
-    runs = [step() for _ in range(args.repeats)]
-    out = {
-        "variant": args.variant,
-        "first_s": first,
-        "median_ms": 1e3 * statistics.median(w for w, _ in runs),
-        "min_ms": 1e3 * min(w for w, _ in runs),
-        "median_cpu_ms": 1e3 * statistics.median(c for _, c in runs),
-        "max_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
+    out: dict[str, object] = {"variant": args.variant, "first_s": first, "threads": torch.get_num_threads(),
+                              "torch": torch.__version__}
+    if args.memory:
+        x.grad = None
+        for p in mod.parameters():
+            p.grad = None
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        before = _proc_status_kib("VmRSS")
+        step()
+        step()
+        out["step_MiB"] = (_proc_status_kib("VmHWM") - before) / 1024
+    else:
+        runs = [step() for _ in range(args.repeats)]
+        out.update({
+            "median_ms": 1e3 * statistics.median(w for w, _ in runs),
+            "min_ms": 1e3 * min(w for w, _ in runs),
+            "median_cpu_ms": 1e3 * statistics.median(c for _, c in runs),
+            "max_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        })
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def _run_child(args: argparse.Namespace, variant: str, memory: bool) -> dict | None:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--variant", variant,
+           "--threads", str(args.threads), "--repeats", str(args.repeats),
+           "--warmup", str(args.warmup), "--shape", *map(str, args.shape)]
+    env = dict(os.environ)
+    if memory:
+        cmd.append("--memory")
+        env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"[{variant}] failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1][7:])
 
 
 def parent(args: argparse.Namespace) -> None:
     rows = []
     for variant in args.variants.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--variant", variant,
-               "--threads", str(args.threads), "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup), "--shape", *map(str, args.shape)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"[{variant}] failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        row = _run_child(args, variant, memory=False)
+        if row is None:
             continue
-        rows.append(json.loads(lines[-1][7:]))
-        print(f"[{variant}] {rows[-1]['median_ms']:.1f} ms", file=sys.stderr, flush=True)
+        if not args.no_memory and os.path.exists("/proc/self/clear_refs"):
+            mem = _run_child(args, variant, memory=True)
+            row["step_MiB"] = mem["step_MiB"] if mem else float("nan")
+        rows.append(row)
+        print(f"[{variant}] {row['median_ms']:.1f} ms", file=sys.stderr, flush=True)
     by = {r["variant"]: r for r in rows}
     floor = by.get("noop", {}).get("max_rss_MiB", 0.0)
+    step_floor = by.get("noop", {}).get("step_MiB", 0.0)
     tensor_mib = args.shape[0] * args.shape[1] * 4 / 2**20
-    gelu = by.get("gelu", {}).get("median_ms")
-    print("| variant | median ms | min ms | CPU ms | x GELU | extra RSS MiB | extra / input |")
-    print("|---|---|---|---|---|---|---|")
+    gelu, gelu_cpu = by.get("gelu", {}).get("median_ms"), by.get("gelu", {}).get("median_cpu_ms")
+    print("| variant | median ms | min ms | CPU ms | x GELU | x GELU (CPU) | life MiB | step MiB | step / input |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        extra = r["max_rss_MiB"] - floor
         ratio = f"{r['median_ms'] / gelu:.1f}" if gelu else ""
-        print(f"| {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['median_cpu_ms']:.0f} | "
-              f"{ratio} | {extra:.0f} | {extra / tensor_mib:.1f} |")
+        ratio_cpu = f"{r['median_cpu_ms'] / gelu_cpu:.1f}" if gelu_cpu else ""
+        step = r.get("step_MiB", float("nan")) - step_floor
+        print(f"| {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['median_cpu_ms']:.0f} | {ratio} | "
+              f"{ratio_cpu} | {r['max_rss_MiB'] - floor:.0f} | {step:.0f} | {step / tensor_mib:.1f} |")
     for a, b in [("torchortho5", "ortho5"), ("torchortho8", "ortho8"), ("masked", "modular"),
                  ("maskedlayer", "modlayer"), ("naive8", "ortho8")]:
         if a in by and b in by:
-            print(f"{a} / {b}: {by[a]['median_ms'] / by[b]['median_ms']:.1f}x")
+            print(f"{a} / {b}: {by[a]['median_ms'] / by[b]['median_ms']:.1f}x wall, "
+                  f"{by[a]['median_cpu_ms'] / by[b]['median_cpu_ms']:.1f}x CPU")
     if rows:
         print(f"\nshape={args.shape} float32, threads={rows[0]['threads']}, torch={rows[0]['torch']}, "
               f"repeats={args.repeats}, warmup={args.warmup}, input tensor={tensor_mib:.0f} MiB")
@@ -202,6 +247,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-memory", action="store_true", help="skip the per-step memory processes")
     args = ap.parse_args()
     child(args) if args.child else parent(args)
 

@@ -8,10 +8,12 @@ import igraph
 import numpy as np
 import pytest
 import torch
+from torch.func import functional_call, grad, stack_module_state, vmap
 
 import permsym
 from permsym.layers import MaskedLinear
-from permsym.layers.modular import ModularMLP
+from permsym.layers.modular import ModularMLP, block_plan, link_runs
+from tests.assertions import assert_close_rel
 
 
 @pytest.mark.parametrize("wiring", ["ring", "random", "small-world"])
@@ -28,6 +30,66 @@ def test_equals_dense_masked_mlp_in_float64(wiring, act):
     assert err < 1e-10, err
     # sparse links: the hidden-to-hidden masks are block-sparse, not dense
     assert float(dense.fc2.mask.mean()) < 1.0
+
+
+@pytest.mark.parametrize("wiring", ["ring", "random", "small-world"])
+@pytest.mark.parametrize(("modules", "links"), [(5, 0), (5, 1), (6, 3), (8, 2), (3, 2)])
+@pytest.mark.parametrize("act", ["relu", "tanh", "hermite3:per_unit"])
+def test_hand_written_backward_matches_plain_autograd(wiring, modules, links, act):
+    # the fused blocks (runs, ring windows, in-place ReLU) against the same function in
+    # plain differentiable ops (what torch.func transforms run) and the dense masked form
+    arch = f"modular:5-2,modules={modules},width=3,depth=3,links={links},wiring={wiring},density=0.5,act={act},seed=1"
+    net = permsym.build(arch).double()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    params = dict(net.named_parameters())
+    y = net(x)
+    got = torch.autograd.grad(y.square().sum(), [x, *params.values()])
+    plain = grad(lambda p, xb: functional_call(net, p, (xb,)).square().sum(), argnums=(0, 1))
+    ref_p, ref_x = plain({k: v.detach() for k, v in params.items()}, x.detach())
+    (dense_x,) = torch.autograd.grad(net.to_masked_mlp()(x).square().sum(), x)
+    # float64 sums of at most a few hundred products: rounding ~1e-15; budget 1e-12
+    assert_close_rel(got[0], ref_x, 1e-12, "dL/dx vs torch.func")
+    assert_close_rel(got[0], dense_x, 1e-12, "dL/dx vs dense masked")
+    for (name, _), g in zip(params.items(), got[1:], strict=True):
+        assert_close_rel(g, ref_p[name], 1e-12, f"dL/d{name}")
+
+
+def test_gradcheck_of_a_small_ring():
+    net = permsym.build("modular:3-2,modules=4,width=2,depth=3,links=2,density=1,act=tanh").double()
+    x = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(net, (x,))
+
+
+def test_block_plan_uses_windows_for_rings_only():
+    ring = permsym.build("modular:3-2,modules=6,width=2,links=2,wiring=ring")
+    plan = block_plan(ring.sources.tolist(), 2)
+    # interior modules 1..4 read modules m-1, m, m+1; the two edge modules use runs
+    assert plan.window is not None and plan.window[:3] == (1, 4, 1)
+    assert {dst for _, dst, _, _ in plan.edges} == {0, 5}
+    rand = permsym.build("modular:3-2,modules=6,width=2,links=2,wiring=random,seed=2")
+    assert block_plan(rand.sources.tolist(), 2).window is None
+    # runs partition the modules of every link
+    for k in (1, 2):
+        covered = sorted(m for kk, d, _, n in link_runs(rand.sources.tolist()) if kk == k for m in range(d, d + n))
+        assert covered == list(range(6))
+
+
+def test_vmap_over_stacked_seeds_matches_a_loop():
+    # ensembles stack the seeds' parameters and vmap one functional call over them
+    nets = [permsym.build("modular:4-2,modules=4,width=3,depth=3,links=2", seed=s).double() for s in range(3)]
+    params, buffers = stack_module_state(nets)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    base = nets[0]
+    batched = vmap(lambda p, b: functional_call(base, (p, b), (x,)))(params, buffers)
+    for i, net in enumerate(nets):
+        assert_close_rel(batched[i], net(x), 1e-12, f"seed {i}")
+
+
+def test_infer_structure_traces_the_modular_net():
+    net = permsym.build("modular:4-2,modules=4,width=3,depth=3,links=2")
+    structure = permsym.infer_structure(net, torch.zeros(2, 4))
+    assert structure.groups == ()  # its symmetries are counted on to_masked_mlp()
 
 
 def test_wiring_has_fixed_in_degree_and_no_self_links():

@@ -5,7 +5,8 @@ $$f(x) = \sum_{n=0}^{N} a_n\, p_n(s(x)),$$
 $p_n$ orthonormal for the family's weight (:mod:`permsym.layers.poly_families`), $s$ a
 domain map (:mod:`permsym.layers.poly_maps`), coefficients $a$ shared by the layer or one
 row per unit. Evaluated by the three-term recurrence in a fused autograd function
-(:mod:`permsym.layers.poly_autograd`) whose saved memory does not grow with $N$.
+(:mod:`permsym.layers.poly_autograd`) that saves only $x$ and works panel by panel, so
+neither its saved nor its working memory grows with $N$.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from scipy.special import roots_legendre
 from torch import nn
 
-from permsym.layers.poly_autograd import OrthoPolyFunction, scaled_recurrence
+from permsym.layers.poly_autograd import OrthoPolyFunction, plain_forward, scaled_recurrence
 from permsym.layers.poly_families import FAMILIES, MAX_DEGREE, Family, derivative_matrix
 from permsym.layers.poly_maps import resolve_map
 
@@ -108,7 +109,9 @@ class OrthoPoly(nn.Module):
             (orthonormality) and $G$ by quadrature otherwise; ``"gelu"``, ``"tanh"``,
             ``"relu"``: least-squares projection of that activation onto the basis in
             $L^2(N(0,1))$ (for exact maps: $a_n = E[g(x) p_n(s(x))]$), by Gauss quadrature.
-        compile: evaluate through ``torch.compile`` (inductor fuses the recurrence).
+        compile: run the sweeps as ``torch.compile``'d kernels (inductor fuses each pass
+            into one loop; the first call compiles for several seconds, and each new input
+            shape may compile again).
         dtype: of the coefficients (default: torch's default dtype).
         **family_params: ``alpha``, ``beta`` (jacobi), ``alpha`` or ``lambda`` (gegenbauer),
             ``alpha`` (laguerre).
@@ -120,8 +123,6 @@ class OrthoPoly(nn.Module):
     """
 
     permsym_elementwise = True
-    inv_lam: torch.Tensor
-    dmat: torch.Tensor
 
     def __init__(
         self,
@@ -153,13 +154,30 @@ class OrthoPoly(nn.Module):
         self._symmetric_recurrence = bool(np.all(b == 0.0))
         self._rec, lam = scaled_recurrence(b, c, self.map.name, num_units is not None)
         dtype = dtype or torch.get_default_dtype()
-        self.register_buffer("inv_lam", torch.tensor(1.0 / lam, dtype=dtype), persistent=False)
-        self.register_buffer("dmat", torch.tensor(derivative_matrix(b, c), dtype=dtype), persistent=False)
+        # float64 originals; tensors in the coefficients' dtype and device are made on demand
+        # (buffers would be rounded for good by a round trip through float32)
+        self._constants = {"inv_lam": 1.0 / lam, "dmat": derivative_matrix(b, c)}
+        self._cache: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
         coeffs = self._initial_coeffs(init).to(dtype)
         if num_units is not None:
             coeffs = coeffs.expand(num_units, -1).clone()
         self.coeffs = nn.Parameter(coeffs)
-        self._compiled = None
+
+    def _constant(self, name: str) -> torch.Tensor:
+        key = (name, self.coeffs.dtype, self.coeffs.device)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor(self._constants[name], dtype=key[1], device=key[2])
+        return self._cache[key]
+
+    @property
+    def inv_lam(self) -> torch.Tensor:
+        r"""$1 / \lambda_n$, the scales of the recurrence (folded into the coefficients)."""
+        return self._constant("inv_lam")
+
+    @property
+    def dmat(self) -> torch.Tensor:
+        r"""The exact derivative matrix $D$, $p_n' = \sum_{k<n} D_{nk} p_k$."""
+        return self._constant("dmat")
 
     def _basis_at(self, x: torch.Tensor) -> torch.Tensor:
         """$p_n(s(x))$ stacked, float64 (used by the initialisers)."""
@@ -203,11 +221,7 @@ class OrthoPoly(nn.Module):
                 f"OrthoPoly({self.family.name!r}, {self.degree}, num_units={self.num_units}): "
                 f"input must have {self.num_units} units on dim 1; got shape {tuple(x.shape)}."
             )
-        if self.compile:
-            if self._compiled is None:
-                self._compiled = torch.compile(_apply)
-            return self._compiled(x, self.coeffs, self.inv_lam, self.dmat, self._rec)
-        return _apply(x, self.coeffs, self.inv_lam, self.dmat, self._rec)
+        return _apply(x, self.coeffs, self.inv_lam, self.dmat, self._rec, compiled=self.compile)
 
     def extra_repr(self) -> str:
         params = "".join(f", {k}={v:g}" for k, v in self.family_params.items())
@@ -215,6 +229,10 @@ class OrthoPoly(nn.Module):
         return f"{self.family.name!r}, {self.degree}{units}, domain={self.map.name}{params}"
 
 
-def _apply(x, coeffs, inv_lam, dmat, rec):
-    return OrthoPolyFunction.apply(x.contiguous(), coeffs, inv_lam, dmat, rec)
+def _apply(x, coeffs, inv_lam, dmat, rec, *, compiled=False):
+    """The fused function; under ``torch.func`` transforms (``vmap``, ``grad``, ``jvp``),
+    which cannot see inside it, the same sum in plain differentiable ops."""
+    if torch._C._are_functorch_transforms_active():
+        return plain_forward(x, coeffs * inv_lam, rec)
+    return OrthoPolyFunction.apply(x.contiguous(), coeffs, inv_lam, dmat, rec, compiled)
 
