@@ -21,7 +21,7 @@ from torch import nn
 from permsym._errors import check_positive_int
 from permsym._threads import limited_threads
 from permsym.curvature.functional import FlatLoss, LossFn
-from permsym.noise.per_sample import iter_per_sample_gradients
+from permsym.noise.per_sample import _iter_gradient_dicts, iter_per_sample_gradients
 
 __all__ = ["GradientNoise", "gradient_covariance", "gradient_noise"]
 
@@ -59,7 +59,7 @@ class GradientNoise:
 
 
 def _moments(
-    flat: FlatLoss, subspace: torch.Tensor | None, dense: bool, chunk_size: int
+    flat: FlatLoss, subspace: torch.Tensor | None, dense: bool, chunk_size: int | None
 ) -> tuple[float, torch.Tensor, torch.Tensor | None, int]:
     """Stream per-sample gradients: (mean |g_i|^2, gbar, covariance or None, N)."""
     N = flat.X.shape[0]
@@ -67,15 +67,25 @@ def _moments(
     gsum = torch.zeros(flat.num_params, dtype=torch.float64)
     second = None
     V = None if subspace is None else subspace.to(torch.float64)
-    for G in iter_per_sample_gradients(flat, chunk_size=chunk_size):
-        G = G.to(torch.float64)
-        sq += float((G * G).sum())
-        gsum += G.sum(0)
-        if V is not None:
-            Z = G @ V
+    # Reductions run in the gradients' own dtype (float32 gradients carry float32 accuracy
+    # anyway) and are accumulated in float64: a float64 copy of every chunk cost ~10x the
+    # per-sample gradients themselves.
+    if V is None and not dense:  # moments only: reduce each parameter's block, no (c, P) matrix
+        for _, grads in _iter_gradient_dicts(flat, chunk_size):
+            offset = 0
+            for name, k in zip(flat.names, flat.numels, strict=True):
+                g = grads[name].reshape(grads[name].shape[0], -1)
+                # per-sample norms: a float32 norm over a whole (c, k) block drifts by ~1e-4
+                sq += float(torch.linalg.vector_norm(g, dim=1).to(torch.float64).square().sum())
+                gsum[offset : offset + k] += g.sum(0).to(torch.float64)
+                offset += k
+    else:
+        for G in iter_per_sample_gradients(flat, chunk_size=chunk_size):
+            sq += float(torch.linalg.vector_norm(G, dim=1).to(torch.float64).square().sum())
+            gsum += G.sum(0).to(torch.float64)
+            G = G.to(torch.float64)
+            Z = G if V is None else G @ V
             second = Z.T @ Z if second is None else second + Z.T @ Z
-        elif dense:
-            second = G.T @ G if second is None else second + G.T @ G
     gbar = gsum / N
     cov = None
     if second is not None:
@@ -98,7 +108,7 @@ def gradient_covariance(
     data: Any,
     *,
     subspace: torch.Tensor | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
     threads: int | None = None,
 ) -> torch.Tensor:
     r"""$C$ (dense, $P \times P$, small models) or $V^\top C V$ for a ``(P, k)`` ``subspace`` $V$ (float64)."""
@@ -125,12 +135,14 @@ def gradient_noise(
     lr: float,
     dense: bool = False,
     subspace: torch.Tensor | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
     threads: int | None = None,
 ) -> GradientNoise:
     r"""$\mathrm{tr}\,C$, $|\bar g|^2$, noise scale and temperature $T = \eta\,\mathrm{tr}\,C/(2BP)$.
 
     With ``dense=True`` (small models) or a ``subspace`` the result also holds $C$ or $V^\top C V$.
+    Per-sample gradients are streamed ``chunk_size`` samples at a time (``None``: about 32 MiB
+    of gradients per chunk); the ``(N, P)`` matrix is never formed.
     """
     check_positive_int("gradient_noise", "batch_size", batch_size)
     if not lr > 0:
