@@ -66,3 +66,16 @@ def test_bad_inputs():
         gradient_noise(model, loss_fn, data, batch_size=0, lr=0.1)
     with pytest.raises(ValueError, match=r"gradient_noise: lr must be > 0; got -1"):
         gradient_noise(model, loss_fn, data, batch_size=2, lr=-1)
+
+
+def test_trace_survives_a_gradient_mean_far_above_its_noise():
+    """|gbar|^2 / tr C ~ 1e7: the one-pass mean|g|^2 - |gbar|^2 gave 0 in float32 here."""
+    gen = torch.Generator().manual_seed(0)
+    X = 1.0 + 0.01 * torch.randn(256, 3, generator=gen, dtype=torch.float64)
+    y = 100.0 + 1e-3 * torch.randn(256, 1, generator=gen, dtype=torch.float64)
+    model = permsym.build("mlp:3-1", seed=0)
+    exact = gradient_noise(model.double(), F.mse_loss, (X, y), batch_size=1, lr=0.1).trace_C
+    approx = gradient_noise(permsym.build("mlp:3-1", seed=0), F.mse_loss, (X.float(), y.float()), batch_size=1, lr=0.1).trace_C
+    assert exact > 0
+    # float32 gradients: relative accuracy ~1e-3 of the noise is what float32 can give here
+    assert abs(approx - exact) / exact < 1e-2, (approx, exact)

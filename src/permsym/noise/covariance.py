@@ -58,41 +58,66 @@ class GradientNoise:
         return out
 
 
+class _Welford:
+    r"""Streaming mean and total squared deviation $M_2 = \sum_i |g_i - \bar g|^2$ (Chan et al.).
+
+    Each chunk is centred on its own mean before squaring, and chunks are merged with
+    $M_2 \leftarrow M_2 + M_{2,c} + |\bar g_c - \bar g|^2 n n_c / (n + n_c)$: no
+    $\overline{|g|^2} - |\bar g|^2$ difference, so a gradient mean far larger than its noise does
+    not cancel $\mathrm{tr}\,C$ away.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.n = 0
+        self.mean = torch.zeros(size, dtype=torch.float64)
+        self.m2 = 0.0
+
+    def add(self, g: torch.Tensor, offset: int, n_before: int) -> None:
+        """Merge a ``(c, k)`` block of coordinates ``offset:offset+k`` (chunk of ``c`` samples)."""
+        c, k = g.shape
+        chunk_mean = g.sum(0).to(torch.float64) / c
+        centred = g - chunk_mean.to(g.dtype)
+        m2_chunk = float(torch.linalg.vector_norm(centred, dim=1).to(torch.float64).square().sum())
+        mean = self.mean[offset : offset + k]
+        delta = chunk_mean - mean
+        total = n_before + c
+        self.m2 += m2_chunk + float(delta @ delta) * n_before * c / total
+        mean += delta * (c / total)
+
+
 def _moments(
     flat: FlatLoss, subspace: torch.Tensor | None, dense: bool, chunk_size: int | None
 ) -> tuple[float, torch.Tensor, torch.Tensor | None, int]:
-    """Stream per-sample gradients: (mean |g_i|^2, gbar, covariance or None, N)."""
+    """Stream per-sample gradients: (tr C, gbar, covariance or None, N), C the population covariance."""
     N = flat.X.shape[0]
-    sq = 0.0
-    gsum = torch.zeros(flat.num_params, dtype=torch.float64)
+    stats = _Welford(flat.num_params)
     second = None
     V = None if subspace is None else subspace.to(torch.float64)
-    # Reductions run in the gradients' own dtype (float32 gradients carry float32 accuracy
-    # anyway) and are accumulated in float64: a float64 copy of every chunk cost ~10x the
-    # per-sample gradients themselves.
+    # Reductions run in the gradients' own dtype and are accumulated in float64: a float64 copy
+    # of every chunk cost ~10x the per-sample gradients themselves.
     if V is None and not dense:  # moments only: reduce each parameter's block, no (c, P) matrix
         for _, grads in _iter_gradient_dicts(flat, chunk_size):
-            offset = 0
+            offset, c = 0, None
             for name, k in zip(flat.names, flat.numels, strict=True):
                 g = grads[name].reshape(grads[name].shape[0], -1)
-                # per-sample norms: a float32 norm over a whole (c, k) block drifts by ~1e-4
-                sq += float(torch.linalg.vector_norm(g, dim=1).to(torch.float64).square().sum())
-                gsum[offset : offset + k] += g.sum(0).to(torch.float64)
+                c = g.shape[0]
+                stats.add(g, offset, stats.n)
                 offset += k
+            stats.n += c or 0
     else:
         for G in iter_per_sample_gradients(flat, chunk_size=chunk_size):
-            sq += float(torch.linalg.vector_norm(G, dim=1).to(torch.float64).square().sum())
-            gsum += G.sum(0).to(torch.float64)
+            stats.add(G, 0, stats.n)
+            stats.n += G.shape[0]
             G = G.to(torch.float64)
             Z = G if V is None else G @ V
             second = Z.T @ Z if second is None else second + Z.T @ Z
-    gbar = gsum / N
+    gbar = stats.mean
     cov = None
     if second is not None:
         mean = gbar if V is None else V.T @ gbar
         cov = second / N - torch.outer(mean, mean)
         cov = 0.5 * (cov + cov.T)
-    return sq / N, gbar, cov, N
+    return stats.m2 / N, gbar, cov, N
 
 
 def _check_subspace(subspace: torch.Tensor | None, P: int, call: str) -> None:
@@ -151,9 +176,8 @@ def gradient_noise(
         flat = FlatLoss(model, loss_fn, data)
         P = flat.num_params
         _check_subspace(subspace, P, "gradient_noise")
-        mean_sq, gbar, cov, N = _moments(flat, subspace, dense, chunk_size)
+        trace_C, gbar, cov, N = _moments(flat, subspace, dense, chunk_size)
     g2 = float(gbar @ gbar)
-    trace_C = max(mean_sq - g2, 0.0)
     return GradientNoise(
         trace_C=trace_C,
         grad_norm_sq=g2,
