@@ -9,7 +9,7 @@ tolerance ``tol`` bounds the relative eigenvalue error).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ class LanczosState:
     alpha: list[float]
     beta: list[float]
     done: bool = False  # invariant subspace reached (beta ~ 0)
+    restarts: list[int] = field(default_factory=list)  # steps at which a new block began
 
     @property
     def Q(self) -> torch.Tensor:
@@ -76,8 +77,13 @@ def _start(n: int, v0: torch.Tensor | None, generator: torch.Generator | None) -
     return q / norm
 
 
-def _extend(state: LanczosState, matvec: Any, steps: int) -> None:
-    """Run up to ``steps`` more Lanczos steps (stops early on an invariant subspace)."""
+def _extend(state: LanczosState, matvec: Any, steps: int, *, restart: bool = False) -> None:
+    """Run up to ``steps`` more Lanczos steps.
+
+    On an invariant subspace the run stops (``state.done``), unless ``restart``: then it goes on
+    from a random vector orthogonal to the basis with $\beta = 0$ (T becomes block diagonal), so
+    that repeated eigenvalues, which one Krylov space holds only once, are found again.
+    """
     for _ in range(steps):
         if state.done:
             return
@@ -104,9 +110,20 @@ def _extend(state: LanczosState, matvec: Any, steps: int) -> None:
         state.alpha.append(a)
         state.beta.append(b)
         scale = max(abs(x) for x in state.alpha) + max(state.beta)
-        if b <= 1e-13 * scale or state.size == q.numel():
+        if state.size == q.numel():
             state.done = True
             return
+        if b <= 1e-13 * scale:
+            if not restart:
+                state.done = True
+                return
+            state.beta[-1] = 0.0
+            state.restarts.append(len(state.alpha))
+            w = torch.randn(q.numel(), generator=torch.Generator().manual_seed(state.size), dtype=torch.float64)
+            Qm = state.Q
+            for _ in range(2):
+                w.addmv_(Qm.T, Qm @ w, alpha=-1.0)
+            b = float(w.norm())
         state.append(w / b)
 
 
@@ -126,6 +143,26 @@ def lanczos(A: Any, *, num_steps: int, size: int | None = None, v0: torch.Tensor
     return state
 
 
+def _newest_block_settled(state: LanczosState, wanted: torch.Tensor, tol: float, which: str) -> bool:
+    """After a restart, the newest Krylov block must show nothing that belongs among the wanted.
+
+    Its largest Ritz value has to be converged and to fall below the smallest wanted one; while
+    it is still climbing it may be one more copy of a repeated eigenvalue.
+    """
+    start, m = (state.restarts[-1] if state.restarts else 0), len(state.alpha)
+    if not state.restarts or m == state.buffer.shape[1]:  # no restart, or the whole space is spanned
+        return True
+    if m - start < 2:
+        return False
+    block = LanczosState(buffer=state.buffer, size=0, alpha=state.alpha[start:], beta=state.beta[start:])
+    theta, S = torch.linalg.eigh(block.tridiagonal())
+    key = theta if which == "LA" else theta.abs()
+    top = int(torch.argmax(key))
+    resid = state.beta[-1] * abs(float(S[-1, top]))
+    floor = float(wanted.min() if which == "LA" else wanted.abs().min())
+    return resid <= tol * max(abs(float(theta[top])), 1e-300) and float(key[top]) < floor * (1 - tol)
+
+
 def top_eigenpairs(
     A: Any,
     k: int,
@@ -140,7 +177,10 @@ def top_eigenpairs(
     r"""The ``k`` largest-algebraic (``"LA"``) or largest-magnitude (``"LM"``) eigenpairs.
 
     Stops when every wanted Ritz value has relative residual
-    $\beta_m |e_m^\top s_i| / |\theta_i| \le$ ``tol``.
+    $\beta_m |e_m^\top s_i| / |\theta_i| \le$ ``tol``. A Krylov space that becomes invariant is
+    restarted orthogonally, so exactly repeated eigenvalues are found with their multiplicity
+    when the start vector's space closes before ``k`` are found; like any single-vector Lanczos
+    it can otherwise return one copy of a repeated eigenvalue (use ``solver="eigsh"`` to check).
 
     Returns:
         ``(eigenvalues (k,), residuals (k,), eigenvectors (n, k) or None, steps, converged)``,
@@ -153,19 +193,19 @@ def top_eigenpairs(
         raise ValueError(f"top_eigenpairs: k must be in [1, {n}]; got {k}.")
     max_steps = min(n, max_steps or max(10 * k, 100))
     state = _new_state(_start(n, None, generator), min(max_steps, max(4 * k, 64)) + 1)
-    _extend(state, matvec, min(max_steps, k + 2))
+    _extend(state, matvec, min(max_steps, k + 2), restart=True)
     while True:
         theta, S = torch.linalg.eigh(state.tridiagonal())
         order = torch.argsort(theta if which == "LA" else theta.abs(), descending=True)[:k]
         m = len(state.alpha)
         resid = torch.zeros(len(order), dtype=torch.float64) if state.done else state.beta[-1] * S[m - 1, order].abs()
         rel = resid / theta[order].abs().clamp_min(torch.finfo(torch.float64).tiny)
-        converged = len(order) == k and bool((rel <= tol).all())
+        converged = len(order) == k and bool((rel <= tol).all()) and _newest_block_settled(state, theta[order], tol, which)
         if converged or state.done or m >= max_steps:
             break
         # test convergence after every step while T_m is small (eigh of T_m costs far less than
         # a product), then every 10% more steps
-        _extend(state, matvec, min(max_steps - m, 1 if m < 200 else math.ceil(0.1 * m)))
+        _extend(state, matvec, min(max_steps - m, 1 if m < 200 else math.ceil(0.1 * m)), restart=True)
     vals = theta[order]
     vecs = None
     if return_eigenvectors:
