@@ -769,6 +769,9 @@ def main(argv: list[str] | None = None) -> None:
                                                       for k, v in vars(args).items()}}
     sections = {"topk": section_topk, "hvp": section_hvp, "trace": section_trace, "noise": section_noise,
                 "stale": section_stale}
+    # threadpoolctl caps the BLAS libraries loaded when the limit is entered: load scipy's first
+    import scipy.sparse.linalg  # noqa: F401
+
     with threadpool_limits(limits=args.blas_threads, user_api="blas"):
         for name, fn in sections.items():
             if name not in args.skip:

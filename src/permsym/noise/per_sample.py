@@ -90,7 +90,7 @@ def per_sample_gradients(
     """
     with limited_threads(torch_threads=threads):
         flat = FlatLoss(model, loss_fn, data, dtype=dtype)
-        G = torch.empty(flat.X.shape[0], flat.num_params, dtype=flat.dtype)
+        G = torch.empty(flat.X.shape[0], flat.num_params, dtype=flat.dtype, device=flat.theta.device)
         for s, grads in _iter_gradient_dicts(flat, chunk_size):  # written in place: no (N, P) concatenation
             offset = 0
             for name, k in zip(flat.names, flat.numels, strict=True):
