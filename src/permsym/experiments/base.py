@@ -86,6 +86,16 @@ class Experiment(ABC):
         return f"{len(self.units(scale))} units at scale {scale!r}."
 
 
+def combine_decisions(decisions: list[str]) -> str:
+    """One verdict from per-case decisions: any 'not supported' wins, all 'supported' is
+    'supported', anything else (or nothing) is 'inconclusive'."""
+    if "not supported" in decisions:
+        return "not supported"
+    if decisions and all(d == "supported" for d in decisions):
+        return "supported"
+    return "inconclusive"
+
+
 def select(records: list[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
     """Records whose fields equal every ``where`` item."""
     return [r for r in records if all(r.get(k) == v for k, v in where.items())]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from permsym.experiments.base import Experiment, Verdict, select
+from permsym.experiments.base import Experiment, Verdict, combine_decisions, select
 
 BASELINES = ("relu", "tanh", "gelu")
 POLYNOMIALS = ("legendre8", "chebyshev8", "hermite6:per_unit")
@@ -277,13 +277,7 @@ class OrthoPolyActivations(Experiment):
             evidence[f"{dataset}: function spread ratio (poly / baseline)"] = P["spread"] / B["spread"] if B["spread"] > 0 else None
             evidence[f"{dataset}: decision"] = decision
             decisions.append(decision)
-        if "not supported" in decisions:
-            verdict = "not supported"
-        elif decisions and all(d == "supported" for d in decisions):
-            verdict = "supported"
-        else:
-            verdict = "inconclusive"
-        return Verdict(self.name, self.claim, self.criterion, verdict, evidence)
+        return Verdict(self.name, self.claim, self.criterion, combine_decisions(decisions), evidence)
 
     def plot(self, records: list[dict[str, Any]], path: Path) -> None:
         from permsym.report import new_figure, save_figure

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from permsym.experiments.base import Experiment, Verdict, select
+from permsym.experiments.base import Experiment, Verdict, combine_decisions, select
 from permsym.experiments.r3_orthopoly import (
     evaluate_loss,
     load_splits,
@@ -239,13 +239,7 @@ class ModularVsMonolithic(Experiment):
                 evidence[f"{size} {model} vs dense: log10|G| {order:.2f} vs {dense_order:.2f}"] = order < dense_order
                 evidence[f"{size} {model} vs dense: decision"] = decision
                 decisions.append(decision)
-        if "not supported" in decisions:
-            verdict = "not supported"
-        elif decisions and all(d == "supported" for d in decisions):
-            verdict = "supported"
-        else:
-            verdict = "inconclusive"
-        return Verdict(self.name, self.claim, self.criterion, verdict, evidence)
+        return Verdict(self.name, self.claim, self.criterion, combine_decisions(decisions), evidence)
 
     def plot(self, records: list[dict[str, Any]], path: Path) -> None:
         from permsym.report import new_figure, save_figure
