@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import json
 import math
 import os
@@ -53,6 +52,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,6 +73,11 @@ from permsym.data import load
 from permsym.noise import gradient_noise, per_sample_gradients
 from permsym.train import fit
 
+# isort: split
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _anchors module
+from _anchors import Skip  # noqa: E402
+from _anchors import anchor as _anchor  # noqa: E402
+
 K = 5
 MAIN_ARCH = "mlp:64-256-256-10,act=tanh"
 TOPK_DEFAULT = "permsym lanczos (defaults: hvp=revrev, tol=1e-6)"
@@ -85,16 +90,9 @@ ANCHORS = {
 }
 
 
-class Skip(Exception):
-    """A contender that cannot run here (its package is missing)."""
-
-
 def anchor(module: str) -> Any:
     """Import an anchor lazily; raise :class:`Skip` with the reason when it is not installed."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise Skip(f"{ANCHORS.get(module, module)} not installed ({exc})") from None
+    return _anchor(module, ANCHORS)
 
 
 def version(dist: str) -> str | None:

@@ -27,28 +27,26 @@ On a machine without CUDA it exits with one line (unless ``--smoke``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+# isort: split
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _anchors module
+from _anchors import Skip  # noqa: E402
+from _anchors import anchor as _anchor  # noqa: E402
 
 SECTIONS = ("hessian", "noise", "ensemble", "poly")
 ANCHORS = {"pyhessian": "PyHessian", "backpack": "backpack-for-pytorch", "torchortho": "torchortho"}
 
 
-class Skip(Exception):
-    """A contender that cannot run here (its package is missing)."""
-
-
 def anchor(module: str) -> Any:
     """Import an anchor lazily; raise :class:`Skip` with the reason when it is not installed."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise Skip(f"{ANCHORS.get(module, module)} not installed ({exc})") from None
+    return _anchor(module, ANCHORS)
 
 
 def timed(fn: Callable[[], Any], device: Any, repeats: int) -> dict[str, float]:
