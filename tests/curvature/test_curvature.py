@@ -40,7 +40,7 @@ def test_dense_hessian_matches_torch_func_hessian():
     assert (H - H_ref).abs().max() <= 1e-12 * H_ref.abs().max()
 
 
-@pytest.mark.parametrize("method", ["linearize", "fwdrev", "revrev"])
+@pytest.mark.parametrize("method", ["rop", "revrev", "linearize", "fwdrev"])
 def test_hvp_variants_match_dense(method):
     model, loss_fn, data = _problem(task="regression", arch="mlp:6-12-1,act=tanh")
     H = dense_hessian(model, loss_fn, data)

@@ -3,9 +3,23 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import permsym
+from permsym.curvature import FlatLoss
 from permsym.noise import gradient_covariance, gradient_noise, per_sample_gradients
+from permsym.noise.outer import applies
+
+
+class _NotSequential(nn.Module):
+    """The same function as its MLP, hidden from the outer-product path (vmap path)."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x):
+        return self.mlp(x)
 
 
 def _problem(task):
@@ -26,12 +40,33 @@ def _loop(model, loss_fn, X, y):
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("path", ["outer", "vmap"])
 @pytest.mark.parametrize("task", ["classification", "regression"])
-def test_per_sample_gradients_match_a_loop(task):
+def test_per_sample_gradients_match_a_loop(task, path):
     model, loss_fn, (X, y) = _problem(task)
+    if path == "vmap":
+        model = _NotSequential(model)
+    assert applies(FlatLoss(model, loss_fn, (X, y))) == (path == "outer")
     G = per_sample_gradients(model, loss_fn, (X, y), chunk_size=5)
     ref = _loop(model, loss_fn, X, y)
     assert (G - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("arch", ["mlp:5-7-6-4,act=gelu,density=0.5", "mlp:5-7-4,act=relu,bias=false",
+                                  "mlp:5-6-4,act=silu", "mlp:5-6-4,act=sigmoid"])
+def test_outer_product_path_on_masked_and_biasless_mlps(arch):
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(17, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (17,), generator=g)
+    model = permsym.build(arch, seed=2).double()
+    G = per_sample_gradients(model, F.cross_entropy, (X, y))
+    assert (G - _loop(model, F.cross_entropy, X, y)).abs().max() < 1e-10
+    C = torch.cov(G.T, correction=0)
+    fast = gradient_noise(model, F.cross_entropy, (X, y), batch_size=2, lr=0.1)
+    slow = gradient_noise(_NotSequential(model), F.cross_entropy, (X, y), batch_size=2, lr=0.1)
+    for res in (fast, slow):
+        assert abs(res.trace_C - float(C.trace())) < 1e-10 * float(C.trace())
+        assert abs(res.grad_norm_sq - float(G.mean(0) @ G.mean(0))) < 1e-12
 
 
 def test_gradient_noise_statistics():
@@ -68,14 +103,15 @@ def test_bad_inputs():
         gradient_noise(model, loss_fn, data, batch_size=2, lr=-1)
 
 
-def test_trace_survives_a_gradient_mean_far_above_its_noise():
+@pytest.mark.parametrize("path", ["outer", "vmap"])
+def test_trace_survives_a_gradient_mean_far_above_its_noise(path):
     """|gbar|^2 / tr C ~ 1e7: the one-pass mean|g|^2 - |gbar|^2 gave 0 in float32 here."""
     gen = torch.Generator().manual_seed(0)
     X = 1.0 + 0.01 * torch.randn(256, 3, generator=gen, dtype=torch.float64)
     y = 100.0 + 1e-3 * torch.randn(256, 1, generator=gen, dtype=torch.float64)
-    model = permsym.build("mlp:3-1", seed=0)
-    exact = gradient_noise(model.double(), F.mse_loss, (X, y), batch_size=1, lr=0.1).trace_C
-    approx = gradient_noise(permsym.build("mlp:3-1", seed=0), F.mse_loss, (X.float(), y.float()), batch_size=1, lr=0.1).trace_C
+    wrap = _NotSequential if path == "vmap" else (lambda m: m)
+    exact = gradient_noise(wrap(permsym.build("mlp:3-1", seed=0).double()), F.mse_loss, (X, y), batch_size=1, lr=0.1).trace_C
+    approx = gradient_noise(wrap(permsym.build("mlp:3-1", seed=0)), F.mse_loss, (X.float(), y.float()), batch_size=1, lr=0.1).trace_C
     assert exact > 0
     # float32 gradients: relative accuracy ~1e-3 of the noise is what float32 can give here
     assert abs(approx - exact) / exact < 1e-2, (approx, exact)

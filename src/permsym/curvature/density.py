@@ -17,15 +17,18 @@ from typing import Any
 import torch
 
 from permsym.curvature.lanczos import lanczos
-from permsym.curvature.operators import as_matvec
+from permsym.curvature.operators import as_matvec, working_device
 
 __all__ = ["broadened_density", "lanczos_quadrature"]
 
 
 def lanczos_quadrature(
-    A: Any, v0: torch.Tensor, *, num_steps: int, size: int | None = None
+    A: Any, v0: torch.Tensor, *, num_steps: int, size: int | None = None, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss quadrature ``(nodes, weights)`` of $\\mu_{v_0}$ from ``num_steps`` Lanczos steps.
+
+    The Lanczos basis lives on ``device`` (default: ``A``'s, see
+    :func:`~permsym.curvature.operators.working_device`); nodes and weights are CPU tensors.
 
     Examples:
         >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
@@ -34,7 +37,7 @@ def lanczos_quadrature(
         (tensor([1., 2., 3.], dtype=torch.float64), tensor([0.3333, 0.3333, 0.3333], dtype=torch.float64))
     """
     matvec, n = as_matvec(A, size=size)
-    state = lanczos(matvec, num_steps=num_steps, size=n, v0=v0)
+    state = lanczos(matvec, num_steps=num_steps, size=n, v0=v0, device=working_device(A, device))
     theta, S = torch.linalg.eigh(state.tridiagonal())
     return theta, S[0] ** 2
 

@@ -83,9 +83,9 @@ class FlatLoss:
         self.theta = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
         self.buffers = {n: b.detach().clone() for n, b in self.module.named_buffers()}
         self.loss_fn = _mse if loss_fn is F.mse_loss else loss_fn
-        X = X.to(self.dtype)
-        if y.is_floating_point():
-            y = y.to(self.dtype)
+        device = self.theta.device  # data follows the model
+        X = X.to(device=device, dtype=self.dtype)
+        y = y.to(device=device, dtype=self.dtype) if y.is_floating_point() else y.to(device)
         self.X, self.y = X, y
         n = X.shape[0]
         if n == 0:

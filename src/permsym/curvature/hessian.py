@@ -97,7 +97,7 @@ class SpectralDensity:
 
 
 def hessian_operator(
-    model: nn.Module, loss_fn: LossFn, data: Any, *, hvp: str = "revrev",
+    model: nn.Module, loss_fn: LossFn, data: Any, *, hvp: str = "auto",
     chunk_size: int | None = None, dtype: torch.dtype | None = None,
 ) -> HessianOperator:
     """The Hessian at the model's parameters as a reusable, counting matvec."""
@@ -113,7 +113,7 @@ def hessian_top_eigenvalues(
     tol: float = 1e-6,
     max_steps: int | None = None,
     solver: str = "lanczos",
-    hvp: str = "revrev",
+    hvp: str = "auto",
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
     threads: int | None = None,
@@ -122,17 +122,19 @@ def hessian_top_eigenvalues(
 ) -> TopEigenvalues:
     r"""The ``k`` largest (algebraic) eigenvalues of $H = \nabla^2 J(\theta)$.
 
-    ``solver="lanczos"``: full reorthogonalisation in float64, stops when every Ritz pair has
-    $\|H u - \theta u\| \le$ ``tol`` $|\theta|$ (a bound on the relative eigenvalue error).
+    ``solver="lanczos"``: full reorthogonalisation (basis in the products' dtype, $T_m$ in
+    float64); stops when every wanted Ritz value's estimated relative error
+    $\min(r, r^2/\delta)/|\theta| \le$ ``tol`` ($r = \|H u - \theta u\|$, $\delta$ the gap to
+    the nearest other Ritz value; with ``return_eigenvectors`` when $r \le$ ``tol`` $|\theta|$).
     ``solver="eigsh"``: ARPACK (``scipy.sparse.linalg.eigsh``) on a LinearOperator, ``tol`` as
     ARPACK's. ``hvp`` picks the product (see :mod:`permsym.curvature.hvp`; the default
-    ``"revrev"`` reuses the gradient graph and needs no tracing).
+    ``"auto"`` takes the written-out R-operator for plain MLPs and ``"revrev"`` otherwise).
 
     Note:
-        The residual bounds the distance of each Ritz value to *some* eigenvalue: with a loose
-        ``tol`` an eigenvalue the Krylov space has not reached yet can be skipped. On
-        ``mlp:64-256-256-10`` (clustered top-5) ``tol=1e-3`` gave a relative error of 2.8e-5
-        on one start vector in six; ``tol=1e-4`` stayed below 3e-8 (benchmarks/bench_curvature.py).
+        Each estimate concerns an eigenvalue the Krylov space has reached: one it has not
+        reached yet can be skipped (any Lanczos stopping rule shares this). On
+        ``mlp:64-256-256-10`` (clustered top-5) the default ``tol=1e-6`` stopped after 48-52
+        products with errors <= 3e-8 for six start vectors (benchmarks/bench_curvature.py).
     """
     if solver not in ("lanczos", "eigsh"):
         raise ValueError(f"hessian_top_eigenvalues: solver must be 'lanczos' or 'eigsh'; got {solver!r}.")
@@ -162,14 +164,14 @@ def _eigsh(op: HessianOperator, k: int, tol: float, max_steps: int | None, gener
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     P = op.shape[0]
-    lin = LinearOperator((P, P), matvec=lambda v: op(torch.from_numpy(np.ascontiguousarray(v).reshape(-1))).double().numpy(),
+    lin = LinearOperator((P, P), matvec=lambda v: op(torch.from_numpy(np.ascontiguousarray(v).reshape(-1))).double().cpu().numpy(),
                          dtype=np.float64)
     v0 = torch.randn(P, generator=generator, dtype=torch.float64).numpy()
     vals, V = eigsh(lin, k=k, which="LA", v0=v0, tol=tol, maxiter=max_steps)
     order = np.argsort(vals)[::-1].copy()
     vals_t = torch.from_numpy(vals[order].copy())
-    vecs = torch.from_numpy(V[:, order].copy())
-    resid = torch.stack([(op(vecs[:, i]).double() - vals_t[i] * vecs[:, i]).norm() for i in range(k)])
+    vecs = torch.from_numpy(V[:, order].copy()).to(op.device)  # on the model's device, as Lanczos's
+    resid = torch.stack([(op(vecs[:, i]).double() - vals_t[i] * vecs[:, i]).norm() for i in range(k)]).cpu()
     return vals_t, resid, (vecs if vectors else None), True
 
 
@@ -180,7 +182,7 @@ def hessian_trace(
     *,
     method: str = "hutchpp",
     num_matvecs: int = 99,
-    hvp: str = "revrev",
+    hvp: str = "auto",
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
     threads: int | None = None,
@@ -202,7 +204,7 @@ def spectral_density(
     num_steps: int = 80,
     sigma: float | None = None,
     grid_size: int = 400,
-    hvp: str = "revrev",
+    hvp: str = "auto",
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
     threads: int | None = None,
@@ -253,15 +255,17 @@ def dense_hessian(
                 f"dense_hessian: the model must have at most 20000 parameters for a dense Hessian; got {P}. "
                 f"Use hessian_top_eigenvalues or hessian_trace."
             )
-        H = torch.zeros(P, P, dtype=flat.dtype)
+        device = flat.theta.device
+        H = torch.zeros(P, P, dtype=flat.dtype, device=device)
         theta = flat.theta
         for X, y, w in flat.chunks:
             g = grad(flat.chunk_fn(X, y))
             hv = vmap(lambda v, g=g: jvp(g, (theta,), (v,))[1])
             for s in range(0, P, block):
                 e = min(block, P - s)
-                E = torch.zeros(e, P, dtype=flat.dtype)
-                E[torch.arange(e), s + torch.arange(e)] = 1.0
+                E = torch.zeros(e, P, dtype=flat.dtype, device=device)
+                idx = torch.arange(e, device=device)
+                E[idx, s + idx] = 1.0
                 H[:, s : s + e] += w * hv(E).T
     return 0.5 * (H + H.T)
 

@@ -21,6 +21,7 @@ from torch import nn
 from permsym._errors import check_positive_int
 from permsym._threads import limited_threads
 from permsym.curvature.functional import FlatLoss, LossFn
+from permsym.noise import outer
 from permsym.noise.per_sample import _iter_gradient_dicts, iter_per_sample_gradients
 
 __all__ = ["GradientNoise", "gradient_covariance", "gradient_noise"]
@@ -67,9 +68,9 @@ class _Welford:
     not cancel $\mathrm{tr}\,C$ away.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, device: torch.device | None = None) -> None:
         self.n = 0
-        self.mean = torch.zeros(size, dtype=torch.float64)
+        self.mean = torch.zeros(size, dtype=torch.float64, device=device)
         self.m2 = 0.0
 
     def add(self, g: torch.Tensor, offset: int, n_before: int) -> None:
@@ -90,11 +91,15 @@ def _moments(
 ) -> tuple[float, torch.Tensor, torch.Tensor | None, int]:
     """Stream per-sample gradients: (tr C, gbar, covariance or None, N), C the population covariance."""
     N = flat.X.shape[0]
-    stats = _Welford(flat.num_params)
+    stats = _Welford(flat.num_params, flat.theta.device)
     second = None
-    V = None if subspace is None else subspace.to(torch.float64)
+    V = None if subspace is None else subspace.to(device=flat.theta.device, dtype=torch.float64)
     # Reductions run in the gradients' own dtype and are accumulated in float64: a float64 copy
     # of every chunk cost ~10x the per-sample gradients themselves.
+    if V is None and not dense and outer.applies(flat):  # plain MLP: norms from the factors
+        total_sq, gsum = outer.moments(flat)
+        gbar = gsum / N
+        return max(total_sq / N - float(gbar @ gbar), 0.0), gbar, None, N
     if V is None and not dense:  # moments only: reduce each parameter's block, no (c, P) matrix
         for _, grads in _iter_gradient_dicts(flat, chunk_size):
             offset, c = 0, None

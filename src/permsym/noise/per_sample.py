@@ -1,6 +1,9 @@
-r"""Per-sample gradients $g_i = \nabla_\theta \ell(f_\theta(x_i), y_i)$ with ``vmap(grad)``, chunked.
+r"""Per-sample gradients $g_i = \nabla_\theta \ell(f_\theta(x_i), y_i)$.
 
-With mean-reduced losses the full-batch gradient is $\bar g = \frac1N \sum_i g_i$.
+Plain MLPs (``nn.Sequential`` of Linear layers and element-wise activations, mean
+cross-entropy or squared error) take the outer-product path of :mod:`permsym.noise.outer`;
+every other model ``vmap(grad)``, chunked. With mean-reduced losses the full-batch gradient is
+$\bar g = \frac1N \sum_i g_i$.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from torch.func import functional_call, grad, vmap
 
 from permsym._threads import limited_threads
 from permsym.curvature.functional import FlatLoss, LossFn
+from permsym.noise import outer
 
 __all__ = ["iter_per_sample_gradients", "per_sample_gradients"]
 
@@ -79,7 +83,9 @@ def per_sample_gradients(
 ) -> torch.Tensor:
     """The ``(N, P)`` matrix of per-sample gradients (columns ordered like ``named_parameters()``).
 
-    Computed ``chunk_size`` samples at a time (``None``: about 32 MiB of gradients per chunk).
+    Plain MLPs: outer products of layer inputs and output gradients written straight into the
+    result (``chunk_size`` unused). Other models: ``vmap(grad)``, ``chunk_size`` samples at a
+    time (``None``: about 32 MiB of gradients per chunk).
 
     Examples:
         >>> import permsym, torch.nn.functional as F
@@ -91,6 +97,9 @@ def per_sample_gradients(
     with limited_threads(torch_threads=threads):
         flat = FlatLoss(model, loss_fn, data, dtype=dtype)
         G = torch.empty(flat.X.shape[0], flat.num_params, dtype=flat.dtype, device=flat.theta.device)
+        if outer.applies(flat):
+            outer.write_per_sample_gradients(flat, G)
+            return G
         for s, grads in _iter_gradient_dicts(flat, chunk_size):  # written in place: no (N, P) concatenation
             offset = 0
             for name, k in zip(flat.names, flat.numels, strict=True):
