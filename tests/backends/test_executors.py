@@ -44,7 +44,7 @@ def test_process_pool_gives_each_ticket_once_and_reraises() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"backend": "spark"}, r"run: backend must be one of local, ray; got 'spark'\."),
+    ({"backend": "spark"}, r"run: backend must be one of local, ray, submitit; got 'spark'\."),
     ({"jobs": 0}, r"run: jobs must be a positive integer; got 0\."),
     ({"address": "10.0.0.1:6379"}, r"run: address is for the ray backend; got address='10.0.0.1:6379' with backend 'local'\."),
     ({"backend": "ray", "jobs": 2}, r"run: jobs is for the local backend .* got jobs=2 with backend 'ray'\."),
@@ -71,9 +71,10 @@ def test_ray_backend_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyP
     assert "permsym paper: backend 'ray' needs the ray extra" in capsys.readouterr().err
 
 
-def test_importing_permsym_does_not_import_ray() -> None:
+def test_importing_permsym_does_not_import_ray_or_submitit() -> None:
     code = ("import sys, permsym, permsym.cli, permsym.backends, permsym.ensemble.sweep, permsym.experiments; "
-            "assert 'ray' not in sys.modules, 'ray imported at import time'")
+            "assert 'ray' not in sys.modules, 'ray imported at import time'; "
+            "assert 'submitit' not in sys.modules, 'submitit imported at import time'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -8,7 +8,10 @@ Backends:
     ``local`` with ``jobs=1``: :class:`SerialExecutor` (in process, in submission order);
     ``local`` with ``jobs>1``: :class:`ProcessExecutor` (a bounded process pool);
     ``ray``: :class:`~permsym.backends.ray_backend.RayExecutor` (one Ray task per unit,
-    retried when its worker or node dies); ray is imported only when this backend is used.
+    retried when its worker or node dies); ray is imported only when this backend is used;
+    ``submitit``: :class:`~permsym.backends.submitit_backend.SubmititExecutor` (one Slurm job,
+    or local subprocess, per unit; resubmitted when the job dies); submitit is imported only
+    when this backend is used.
 """
 
 from __future__ import annotations

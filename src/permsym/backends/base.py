@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "ray", "submitit")
 
 
 class Executor(ABC):
@@ -46,15 +46,21 @@ class Executor(ABC):
 
 
 def make_executor(backend: str = "local", *, jobs: int = 1, address: str | None = None, num_gpus: float = 0,
-                  call: str = "run") -> Executor:
-    """The executor for ``backend``: ``local`` (``jobs`` processes; 1 = in process) or ``ray``.
+                  call: str = "run", options: Mapping[str, Any] | None = None) -> Executor:
+    """The executor for ``backend``: ``local`` (``jobs`` processes; 1 = in process), ``ray`` or ``submitit``.
 
     Args:
-        backend: ``local`` or ``ray``.
-        jobs: local worker processes (``local`` only; Ray schedules on the cluster's CPUs).
+        backend: ``local``, ``ray`` or ``submitit``.
+        jobs: local worker processes (``local`` only; Ray and Slurm schedule the units).
         address: Ray cluster address (``ray`` only; ``None`` starts or finds a local Ray).
-        num_gpus: GPUs one unit reserves (``ray`` only; local units share this machine's GPU).
+        num_gpus: GPUs one unit reserves (``ray`` and ``submitit``; local units share this
+            machine's GPU).
         call: the caller's name for error messages (e.g. ``paper``).
+        options: keyword arguments of
+            :class:`~permsym.backends.submitit_backend.SubmititExecutor` (``submitit`` only:
+            ``folder``, ``cluster``, ``partition``, ``timeout_min``, ``cpus_per_task``,
+            ``gpus_per_node``, ``max_retries``, ``poll_s``); an explicit ``gpus_per_node``
+            wins over ``num_gpus``.
 
     Examples:
         >>> with make_executor("local") as ex:
@@ -66,15 +72,29 @@ def make_executor(backend: str = "local", *, jobs: int = 1, address: str | None 
         raise ValueError(f"{call}: backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"{call}: jobs must be a positive integer; got {jobs!r}.")
+    options = dict(options or {})
+    if address is not None and backend != "ray":
+        raise ValueError(f"{call}: address is for the ray backend; got address={address!r} with backend {backend!r}.")
+    if options and backend != "submitit":
+        names = ", ".join(sorted(options))
+        raise ValueError(f"{call}: {names} {'is' if len(options) == 1 else 'are'} for the submitit backend; "
+                         f"got {'it' if len(options) == 1 else 'them'} with backend {backend!r}.")
     if backend == "local":
-        if address is not None:
-            raise ValueError(f"{call}: address is for the ray backend; got address={address!r} with backend 'local'.")
         from permsym.backends.local import ProcessExecutor, SerialExecutor
 
         return SerialExecutor() if jobs == 1 else ProcessExecutor(jobs)
     if jobs != 1:
-        raise ValueError(f"{call}: jobs is for the local backend (Ray schedules one unit per CPU of the "
-                         f"cluster); got jobs={jobs} with backend 'ray'.")
-    from permsym.backends.ray_backend import RayExecutor
+        where = "Ray schedules one unit per CPU of the cluster" if backend == "ray" else "each unit is one submitit job"
+        raise ValueError(f"{call}: jobs is for the local backend ({where}); got jobs={jobs} with backend {backend!r}.")
+    if backend == "ray":
+        from permsym.backends.ray_backend import RayExecutor
 
-    return RayExecutor(address=address, num_gpus=num_gpus, call=call)
+        return RayExecutor(address=address, num_gpus=num_gpus, call=call)
+    from permsym.backends.submitit_backend import SubmititExecutor, gpus_for
+
+    allowed = ("folder", "cluster", "partition", "timeout_min", "cpus_per_task", "gpus_per_node", "max_retries", "poll_s")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{call}: unknown submitit option {unknown[0]!r}; expected one of {', '.join(allowed)}.")
+    options.setdefault("gpus_per_node", gpus_for(num_gpus))
+    return SubmititExecutor(**options, call=call)

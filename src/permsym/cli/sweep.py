@@ -7,7 +7,20 @@ from typing import Annotated
 
 import typer
 
-from permsym.cli.app import ADDRESS, BACKEND, DEVICE, app, print_json, stdout
+from permsym.cli.app import (
+    ADDRESS,
+    BACKEND,
+    DEVICE,
+    SLURM_CPUS,
+    SLURM_PARTITION,
+    SLURM_TIME,
+    SUBMITIT_CLUSTER,
+    SUBMITIT_FOLDER,
+    app,
+    print_json,
+    stdout,
+    submitit_options,
+)
 
 
 @app.command()
@@ -16,6 +29,11 @@ def sweep(
     out: Annotated[Path, typer.Option(help="output folder (units/ cache and sweep.json)")] = Path("reports/sweep"),
     backend: Annotated[str, BACKEND] = "local",
     address: Annotated[str | None, ADDRESS] = None,
+    submitit_folder: Annotated[Path | None, SUBMITIT_FOLDER] = None,
+    submitit_cluster: Annotated[str | None, SUBMITIT_CLUSTER] = None,
+    slurm_partition: Annotated[str | None, SLURM_PARTITION] = None,
+    slurm_time: Annotated[int | None, SLURM_TIME] = None,
+    slurm_cpus_per_task: Annotated[int | None, SLURM_CPUS] = None,
     jobs: Annotated[int, typer.Option(help="parallel worker processes (local backend)")] = 1,
     device: Annotated[str, DEVICE] = "cpu",
     resume: Annotated[bool, typer.Option("--resume/--fresh", help="reuse finished units")] = True,
@@ -26,7 +44,9 @@ def sweep(
 
     cfg = load_sweep_config(config)  # validate before starting any worker
     results = run_sweep(cfg, out, backend=backend, jobs=jobs, address=address, device=device, resume=resume,
-                        show_progress=not json_out)
+                        show_progress=not json_out,
+                        backend_options=submitit_options(submitit_folder, submitit_cluster, slurm_partition,
+                                                         slurm_time, slurm_cpus_per_task))
     if json_out:
         print_json(results)
         return

@@ -13,7 +13,7 @@ A sweep is written in a small JSON or TOML file (validated by :class:`SweepConfi
 Each unit (one architecture, one learning rate, ``seeds_per_unit`` seeds) trains with
 :func:`permsym.ensemble.train` and is cached in ``OUT/units/`` under the hash of its config, so
 an interrupted sweep resumes; ``OUT/sweep.json`` holds one record per (arch, lr, seed), in grid
-order. Units are independent, so any backend (``local``, ``ray``) gives the same file.
+order. Units are independent, so any backend (``local``, ``ray``, ``submitit``) gives the same file.
 """
 
 from __future__ import annotations
@@ -212,27 +212,29 @@ def run_sweep(
     device: str = "cpu",
     resume: bool = True,
     show_progress: bool = False,
+    backend_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every unit of the sweep on ``backend``; write and return ``OUT/sweep.json``.
 
     Args:
         config: a :class:`SweepConfig`, a ``.json``/``.toml`` path or a dict.
-        backend, jobs, address: as :func:`permsym.experiments.run_experiments`.
-        device: ``cpu``, ``cuda`` or ``auto``; with ``ray``, ``cuda`` is checked on the workers
-            (each unit reserves one GPU there).
+        backend, jobs, address, backend_options: as :func:`permsym.experiments.run_experiments`.
+        device: ``cpu``, ``cuda`` or ``auto``; with ``ray`` or ``submitit``, ``cuda`` is checked
+            on the workers (each unit reserves one GPU there).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from permsym.backends import make_executor, resolve_device
-    from permsym.experiments.runner import _write_json, run_units
+    from permsym.experiments.runner import _write_json, backend_options_for, run_units
 
     cfg = config if isinstance(config, SweepConfig) else load_sweep_config(config)
-    dev = device if backend == "ray" and device == "cuda" else resolve_device(device, call="sweep").type
+    dev = device if backend in ("ray", "submitit") and device == "cuda" else resolve_device(device, call="sweep").type
     out = Path(out)
     (out / "units").mkdir(parents=True, exist_ok=True)
     plan = sweep_units(cfg, out, device=dev)
     todo = [u for u in plan if not (resume and u[0].is_file())]
-    executor = make_executor(backend, jobs=jobs, address=address, num_gpus=1 if dev == "cuda" else 0, call="sweep")
+    executor = make_executor(backend, jobs=jobs, address=address, num_gpus=1 if dev == "cuda" else 0, call="sweep",
+                             options=backend_options_for(backend, backend_options, out))
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show_progress) as progress, executor:
         task = progress.add_task("sweep", total=len(plan), completed=len(plan) - len(todo))

@@ -128,9 +128,9 @@ def equilibrium_comparison(
     else:
         top = hessian_top_eigenvalues(model, loss_fn, (X, y), top_k, tol=1e-6, return_eigenvectors=True,
                                       generator=generator)
-        lam = torch.tensor(top.eigenvalues, dtype=torch.float64)
-        U = top.eigenvectors
+        U = top.eigenvectors  # on the model's device
         assert U is not None
+        lam = torch.tensor(top.eigenvalues, dtype=torch.float64, device=U.device)
         eta_lam = check_stability(float(lam[0]), lr, call="equilibrium_comparison")
         C_U = gradient_covariance(model, loss_fn, (X, y), subspace=U)
         a = 1 - lr * lam

@@ -46,7 +46,7 @@ def linear_moments(X: torch.Tensor, y: torch.Tensor, *, bias: bool = True) -> Li
     y64 = y.to(torch.float64).reshape(-1)
     if y.ndim == 2 and y.shape[1] != 1:
         raise PermsymError(f"linear_moments: targets must have one output; got shape {tuple(y.shape)}.")
-    Xa = torch.cat([X64, torch.ones(X64.shape[0], 1, dtype=torch.float64)], 1) if bias else X64
+    Xa = torch.cat([X64, torch.ones(X64.shape[0], 1, dtype=torch.float64, device=X64.device)], 1) if bias else X64
     theta = torch.linalg.lstsq(Xa, y64.unsqueeze(1)).solution.squeeze(1)
     r = Xa @ theta - y64
     N = Xa.shape[0]
@@ -88,7 +88,7 @@ def predict_stationary_covariance_linear(
     nan = torch.full_like(H, float("nan"))
     if check_stability(lam_max, lr, call=call) >= 2:
         return nan
-    A = torch.eye(p, dtype=torch.float64) - lr * H
+    A = torch.eye(p, dtype=torch.float64, device=H.device) - lr * H
     scale = lr**2 / batch_size
     if method == "auto":
         method = "direct" if p <= 40 else "iterate"
@@ -98,7 +98,7 @@ def predict_stationary_covariance_linear(
         K = Z.T @ Z / Xa.shape[0]
         L = torch.kron(A, A) + scale * (4.0 * K - torch.kron(H, H))
         rhs = scale * C.reshape(-1)
-        S = torch.linalg.solve(torch.eye(p * p, dtype=torch.float64) - L, rhs).reshape(p, p)
+        S = torch.linalg.solve(torch.eye(p * p, dtype=torch.float64, device=L.device) - L, rhs).reshape(p, p)
         if float(torch.linalg.eigvals(L).abs().max()) >= 1:
             return _diverged(call, nan)
     elif method == "iterate":

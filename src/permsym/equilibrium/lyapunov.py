@@ -104,9 +104,10 @@ def predict_stationary_covariance(
             stacklevel=2,
         )
         return torch.full_like(H64, float("nan"))
-    A = torch.eye(H64.shape[0], dtype=torch.float64) - lr * H64
+    A = torch.eye(H64.shape[0], dtype=torch.float64, device=H64.device) - lr * H64
     Q = lr**2 * factor * C64 / batch_size
-    sigma = torch.from_numpy(solve_discrete_lyapunov(A.numpy(), Q.numpy()))
+    # scipy solves on the CPU; the result goes back to H's device
+    sigma = torch.from_numpy(solve_discrete_lyapunov(A.cpu().numpy(), Q.cpu().numpy())).to(H64.device)
     return 0.5 * (sigma + sigma.T)
 
 

@@ -102,10 +102,11 @@ def measure_stationary_covariance(
     P = flat.num_params
     if subspace.ndim != 2 or subspace.shape[0] != P:
         raise ValueError(f"{call}: subspace must be a (P, k) matrix with P = {P}; got shape {tuple(subspace.shape)}.")
-    V = subspace.to(torch.float64)
-    theta0 = flat.theta if reference is None else reference.to(flat.dtype)
+    device = flat.theta.device  # the model's: directions and reference are moved there
+    V = subspace.to(device=device, dtype=torch.float64)
+    theta0 = flat.theta if reference is None else reference.to(device=device, dtype=flat.dtype)
     J_star = float(flat.loss(theta0)) if min_loss is None else float(min_loss)
-    proj = torch.empty(steps, V.shape[1], dtype=torch.float64)
+    proj = torch.empty(steps, V.shape[1], dtype=torch.float64, device=device)
     losses: list[float] = []
 
     def record(t: int, theta: torch.Tensor, full_loss: Any) -> None:
@@ -118,6 +119,7 @@ def measure_stationary_covariance(
 
     run_sgd(flat, theta0, lr=lr, batch_size=batch_size, steps=burn_in + steps, sampling=sampling,
             generator=generator, on_step=record, call=call)
+    proj = proj.cpu()  # the statistics below are small and run on the CPU
     mean = proj.mean(0)
     dev = proj - mean
     cov = dev.T @ dev / steps

@@ -112,7 +112,8 @@ def relaxation_run(
     def record(t: int, theta: torch.Tensor, full_loss: Any) -> None:
         curve[t] = full_loss() - J0
 
-    run_sgd(flat, flat.theta + direction.to(flat.dtype), lr=lr, batch_size=batch_size, steps=steps,
+    start = flat.theta + direction.to(device=flat.theta.device, dtype=flat.dtype)
+    run_sgd(flat, start, lr=lr, batch_size=batch_size, steps=steps,
             sampling=sampling, generator=generator, on_step=record, call="relaxation_run")
     t = torch.arange(1, steps + 1, dtype=torch.float64)
     return t, curve, fit_two_phase(t, curve)

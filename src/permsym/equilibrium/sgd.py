@@ -21,9 +21,14 @@ SAMPLINGS = ("with_replacement", "without_replacement", "epochs")
 
 
 def batch_indices(
-    n: int, batch_size: int, steps: int, *, sampling: str, generator: torch.Generator | None, block: int = 1024
+    n: int, batch_size: int, steps: int, *, sampling: str, generator: torch.Generator | None, block: int = 1024,
+    device: torch.device | str | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield ``steps`` index tensors of length ``batch_size``."""
+    """Yield ``steps`` index tensors of length ``batch_size``, on ``device`` (default: the CPU).
+
+    The draws are made on the CPU with ``generator`` and then moved, so a seed gives the same
+    minibatches on every device.
+    """
     if sampling not in SAMPLINGS:
         raise ValueError(f"run_sgd: sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}.")
     if sampling != "with_replacement" and batch_size > n:
@@ -32,14 +37,14 @@ def batch_indices(
     if sampling == "with_replacement":
         while done < steps:
             m = min(block, steps - done)
-            yield from torch.randint(0, n, (m, batch_size), generator=generator)
+            yield from torch.randint(0, n, (m, batch_size), generator=generator).to(device)
             done += m
     elif sampling == "without_replacement":
         for _ in range(steps):
-            yield torch.randperm(n, generator=generator)[:batch_size]
+            yield torch.randperm(n, generator=generator)[:batch_size].to(device)
     else:
         while done < steps:
-            perm = torch.randperm(n, generator=generator)
+            perm = torch.randperm(n, generator=generator).to(device)
             for s in range(0, n - batch_size + 1, batch_size):
                 if done == steps:
                     return
@@ -69,7 +74,8 @@ def run_sgd(
     module = copy.deepcopy(flat.module)
     params = list(module.parameters())
     with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(theta0.to(flat.dtype).clone(), params)
+        # on the model's device: vector_to_parameters rebinds each parameter to a view of it
+        torch.nn.utils.vector_to_parameters(theta0.to(device=flat.theta.device, dtype=flat.dtype).clone(), params)
     trainable = [p for p, keep in zip(params, flat.trainable, strict=True) if keep]
     for p in trainable:
         p.requires_grad_(True)
@@ -80,7 +86,8 @@ def run_sgd(
             return float(sum(w * loss_fn(module(Xc), yc) for Xc, yc, w in flat.chunks))
 
     theta = theta0
-    for t, idx in enumerate(batch_indices(X.shape[0], batch_size, steps, sampling=sampling, generator=generator)):
+    for t, idx in enumerate(batch_indices(X.shape[0], batch_size, steps, sampling=sampling, generator=generator,
+                                          device=X.device)):
         grads = torch.autograd.grad(loss_fn(module(X[idx]), y[idx]), trainable)  # frozen ones stay put
         with torch.no_grad():
             for p, g in zip(trainable, grads, strict=True):

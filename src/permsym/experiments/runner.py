@@ -78,12 +78,16 @@ def run_experiments(
     backend: str = "local",
     address: str | None = None,
     device: str = "cpu",
+    backend_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every unit, then write ``results.json``, one PNG per experiment and ``index.html``.
 
     Args:
-        backend: ``local`` (``jobs`` processes; 1 = in this process) or ``ray`` (one Ray task
-            per unit on the cluster at ``address``); the results are the same.
+        backend: ``local`` (``jobs`` processes; 1 = in this process), ``ray`` (one Ray task
+            per unit on the cluster at ``address``) or ``submitit`` (one Slurm job per unit);
+            the results are the same.
+        backend_options: options of the ``submitit`` backend (see
+            :func:`permsym.backends.make_executor`); its ``folder`` defaults to ``OUT/submitit``.
         device: ``cpu``, ``cuda`` or ``auto``, for experiments whose ``run_unit`` takes
             ``device=``; others compute on the CPU. Units computed on another device than
             the CPU are cached apart (``...-cuda.json``): their numbers differ in rounding.
@@ -106,7 +110,8 @@ def run_experiments(
             plan.append((exp, cfg, units_dir / f"{file_stem(exp.name)}-{config_key(exp.name, cfg, exp.version)}{suffix}.json"))
     todo = [(exp, cfg, path) for exp, cfg, path in plan if not (resume and path.is_file())]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    executor = make_executor(backend, jobs=jobs, address=address, num_gpus=1 if dev == "cuda" else 0, call="paper")
+    executor = make_executor(backend, jobs=jobs, address=address, num_gpus=1 if dev == "cuda" else 0, call="paper",
+                             options=backend_options_for(backend, backend_options, out))
     with Progress(*columns, disable=not show_progress, transient=False) as progress, executor:
         task = progress.add_task("paper", total=len(plan), completed=len(plan) - len(todo))
         units: list[Unit] = [(path, {"experiment": exp.name, "config": cfg}, _run_unit, (exp, cfg, executor.torch_threads, dev))
@@ -124,6 +129,16 @@ def run_experiments(
     _write_json(out / "results.json", results, strict=True)
     write_report(experiments, results, out, scale=scale)
     return results
+
+
+def backend_options_for(backend: str, options: dict[str, Any] | None, out: Path) -> dict[str, Any] | None:
+    """``options`` with the submitit backend's log folder defaulting to ``OUT/submitit``."""
+    if backend != "submitit":
+        return options
+    options = dict(options or {})
+    if options.get("folder") is None:
+        options["folder"] = Path(out) / "submitit"
+    return options
 
 
 def _short(config: dict[str, Any]) -> str:
