@@ -115,3 +115,14 @@ def test_trace_survives_a_gradient_mean_far_above_its_noise(path):
     assert exact > 0
     # float32 gradients: relative accuracy ~1e-3 of the noise is what float32 can give here
     assert abs(approx - exact) / exact < 1e-2, (approx, exact)
+
+
+@pytest.mark.parametrize("path", ["outer", "vmap"])
+def test_per_sample_gradients_into_a_given_tensor(path):
+    model, loss_fn, (X, y) = _problem("classification")
+    model = _NotSequential(model) if path == "vmap" else model
+    out = torch.full((23, sum(p.numel() for p in model.parameters())), float("nan"), dtype=torch.float64)
+    G = per_sample_gradients(model, loss_fn, (X, y), out=out)
+    assert G is out and (G - _loop(model, loss_fn, X, y)).abs().max() < 1e-10
+    with pytest.raises(ValueError, match=r"out must be a \(23, \d+\) torch.float64 tensor on cpu; got \(2, 3\) torch.float32"):
+        per_sample_gradients(model, loss_fn, (X, y), out=torch.zeros(2, 3))

@@ -80,8 +80,14 @@ def per_sample_gradients(
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
     threads: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The ``(N, P)`` matrix of per-sample gradients (columns ordered like ``named_parameters()``).
+
+    ``out``: an ``(N, P)`` tensor of the computation's dtype and device to write into and
+    return. Reusing it across calls saves allocating the result: on the CPU, fresh memory is
+    zero-filled by the kernel page by page, which for large ``N P`` costs more than the
+    gradients themselves (0.13 of 0.15 s for a 700 MB result in benchmarks/RESULTS.md).
 
     Plain MLPs: outer products of layer inputs and output gradients written straight into the
     result (``chunk_size`` unused). Other models: ``vmap(grad)``, ``chunk_size`` samples at a
@@ -96,7 +102,16 @@ def per_sample_gradients(
     """
     with limited_threads(torch_threads=threads):
         flat = FlatLoss(model, loss_fn, data, dtype=dtype)
-        G = torch.empty(flat.X.shape[0], flat.num_params, dtype=flat.dtype, device=flat.theta.device)
+        shape = (flat.X.shape[0], flat.num_params)
+        if out is None:
+            G = torch.empty(shape, dtype=flat.dtype, device=flat.theta.device)
+        elif tuple(out.shape) != shape or out.dtype != flat.dtype or out.device != flat.theta.device:
+            raise ValueError(
+                f"per_sample_gradients: out must be a {shape} {flat.dtype} tensor on {flat.theta.device}; "
+                f"got {tuple(out.shape)} {out.dtype} on {out.device}."
+            )
+        else:
+            G = out
         if outer.applies(flat):
             outer.write_per_sample_gradients(flat, G)
             return G
