@@ -99,13 +99,20 @@ def scored_names(state: Mapping[str, torch.Tensor], lay: Layout) -> list[str]:
 
 
 def inner(sa: Mapping[str, torch.Tensor], sb: Mapping[str, torch.Tensor], names: list[str]) -> float:
-    r"""$\sum_k \langle A_k, B_k \rangle$ accumulated in float64."""
-    return float(sum(torch.vdot(sa[k].reshape(-1).double(), sb[k].reshape(-1).double()) for k in names))
+    r"""$\sum_k \langle A_k, B_k \rangle$: products in the tensors' dtype, summed in float64."""
+    return float(sum(_dot64(sa[k], sb[k]) for k in names))
+
+
+def _dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dtype == torch.float64 and b.dtype == torch.float64:
+        return torch.vdot(a.reshape(-1), b.reshape(-1))
+    return (a * b).sum(dtype=torch.float64)  # no float64 copies of the operands
 
 
 def distance(sa: Mapping[str, torch.Tensor], sb: Mapping[str, torch.Tensor], names: list[str]) -> float:
-    r"""$\big(\sum_k \lVert A_k - B_k \rVert^2\big)^{1/2}$ in float64."""
-    total = sum(float(((sa[k].double() - sb[k].double()) ** 2).sum()) for k in names)
+    r"""$\big(\sum_k \lVert A_k - B_k \rVert^2\big)^{1/2}$: differences in the tensors' dtype
+    (exact where the entries are within a factor 2 of each other), squares summed in float64."""
+    total = sum(float(torch.linalg.vector_norm(sa[k] - sb[k], dtype=torch.float64)) ** 2 for k in names)
     return float(np.sqrt(total))
 
 
@@ -131,7 +138,7 @@ def _per_unit(a: torch.Tensor, b: torch.Tensor, axis: int, n: int) -> torch.Tens
     """Sum of ``a * b`` over every axis but ``axis``, then over each unit's block: ``(n,)`` float64."""
     t = a * b
     other = [d for d in range(t.dim()) if d != axis]
-    return (t.sum(dim=other) if other else t).reshape(n, -1).sum(1).to(torch.float64)
+    return (t.sum(dim=other, dtype=torch.float64) if other else t.double()).reshape(n, -1).sum(1)
 
 
 def unit_cosines(sa: Mapping[str, torch.Tensor], aligned: Mapping[str, torch.Tensor], lay: Layout) -> dict[str, torch.Tensor]:
@@ -139,7 +146,7 @@ def unit_cosines(sa: Mapping[str, torch.Tensor], aligned: Mapping[str, torch.Ten
 
     The same numbers as :func:`permsym.alignment.result.cosine_similarity_per_unit` (up to
     rounding), accumulated member by member from the tensors as they are: no permuted copies
-    and no concatenated feature matrices. Pass float64 tensors for float64 results.
+    and no concatenated feature matrices. Products in the tensors' dtype, sums in float64.
     """
     out = {}
     for group in lay.structure.groups:

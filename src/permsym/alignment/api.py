@@ -143,7 +143,6 @@ def align(
     sa = {k: v.detach() for k, v in reference.state_dict().items()}
     sb = {k: v.detach() for k, v in other.state_dict().items()}
     names = scored_names(sa, lay)
-    sa64, sb64 = ({k: s[k].double() for k in names} for s in (sa, sb))  # every score below is float64
     notes: list[str] = []
     similarity: dict[str, torch.Tensor] | None = None
     history: tuple[float, ...] = ()
@@ -153,8 +152,7 @@ def align(
     if method == "weight":
         from permsym.alignment.weight_matching import match_weights
 
-        wm = match_weights(sa, sb, lay, max_sweeps=max_sweeps, restarts=restarts, generator=generator, init=init,
-                           sa64=sa64, sb64=sb64)
+        wm = match_weights(sa, sb, lay, max_sweeps=max_sweeps, restarts=restarts, generator=generator, init=init)
         perms, history, objectives, sweeps = list(wm.perms), wm.history, wm.objectives, wm.sweeps
         scores = (wm.objective, wm.objective_identity)  # the same float64 inner products
         for gi in wm.fixed_groups:
@@ -176,19 +174,19 @@ def align(
     aligned_state = permute_state(sb, lay, perms)
     model = copy.deepcopy(other)
     model.load_state_dict(aligned_state)
-    al64 = {k: aligned_state[k].double() for k in names}
+    # every score below: products in the weights' dtype, sums in float64
     if similarity is None:
-        similarity = unit_cosines(sa64, al64, lay)
+        similarity = unit_cosines(sa, aligned_state, lay)
     if scores is None:
-        scores = (inner(sa64, al64, names), inner(sa64, sb64, names))
+        scores = (inner(sa, aligned_state, names), inner(sa, sb, names))
     return AlignmentResult(
         method=method,
         permutations={g.name: p for g, p in zip(structure.groups, perms, strict=True)},
         model=model,
         objective=scores[0],
         objective_identity=scores[1],
-        distance_before=distance(sa64, sb64, names),
-        distance_after=distance(sa64, al64, names),
+        distance_before=distance(sa, sb, names),
+        distance_after=distance(sa, aligned_state, names),
         similarity=similarity,
         sweeps=sweeps,
         history=history,

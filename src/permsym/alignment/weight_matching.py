@@ -191,8 +191,6 @@ def match_weights(
     restarts: int = 1,
     generator: torch.Generator | None = None,
     init: str = "forward",
-    sa64: Mapping[str, torch.Tensor] | None = None,
-    sb64: Mapping[str, torch.Tensor] | None = None,
 ) -> WeightMatch:
     r"""Maximise $J(\pi)$ by coordinate descent; best of ``restarts`` random sweep orders.
 
@@ -206,8 +204,6 @@ def match_weights(
         init: where every descent starts: ``"forward"`` (default; one greedy pass over the
             groups in structure order on already-settled terms, see :func:`_forward_start`;
             used only if its $J$ is at least the identity's) or ``"identity"`` (Algorithm 1).
-        sa64, sb64: float64 copies of the scored tensors of ``sa`` and ``sb``, if the caller
-            has them (the exact objectives are computed from them; made here otherwise).
 
     Groups moving a mask are restricted to mask-preserving matches (the current
     permutation is always admissible, so a feasible assignment exists).
@@ -218,11 +214,7 @@ def match_weights(
         raise ValueError(f"match_weights: init must be one of {', '.join(INITS)}; got {init!r}.")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     names = scored_names(sa, lay)
-    if sa64 is None:  # converted once for the exact objectives below
-        sa64 = {k: sa[k].double() for k in names}
-    if sb64 is None:
-        sb64 = {k: sb[k].double() for k in names}
-    j_id = inner(sa64, sb64, names)
+    j_id = inner(sa, sb, names)  # objectives: products in the weights' dtype, sums in float64
     costs = _Costs(sa, sb, lay)
     best: tuple[list[torch.Tensor], list[float], int] | None = None
     finals: list[float] = []
@@ -230,8 +222,8 @@ def match_weights(
         first, v_first, j_first = [torch.arange(n) for n in lay.sizes], [0] * len(lay.sizes), j_id
         if init == "forward":
             fwd, v_fwd = _forward_start(costs, lay, sb)
-            j_fwd = inner(sa64, {k: permute_axes(sb[k], lay.axes[k], fwd) if k in lay.axes else sb64[k]
-                                 for k in names}, names)
+            j_fwd = inner(sa, {k: permute_axes(sb[k], lay.axes[k], fwd) if k in lay.axes else sb[k]
+                               for k in names}, names)
             if j_fwd >= j_id:  # never start below the identity: the objective must not decrease
                 first, v_first, j_first = fwd, v_fwd, j_fwd
         for _ in range(restarts):
@@ -248,8 +240,8 @@ def match_weights(
     if all(torch.equal(p, q) for p, q in zip(perms, first, strict=True)):
         objective = j_first  # the start itself, already scored exactly
     else:
-        aligned = {k: permute_axes(sb[k], lay.axes[k], perms) if k in lay.axes else sb64[k] for k in names}
-        objective = inner(sa64, aligned, names)
+        aligned = {k: permute_axes(sb[k], lay.axes[k], perms) if k in lay.axes else sb[k] for k in names}
+        objective = inner(sa, aligned, names)
     return WeightMatch(
         perms=tuple(perms),
         objective=objective,
