@@ -18,7 +18,9 @@ Variants: ``noop``, ``gelu``, ``ortho<D>`` (OrthoPoly chebyshev, degree D, per-u
 autograd), ``torchortho<D>`` (``torchortho.HermiteActivation(D)``, needs the package in the
 running environment; never a permsym dependency), ``modular`` / ``masked`` (ModularMLP, 16
 modules of 64 units, 2 sparse links at density 0.25, depth 3, on (4096, 64) inputs, vs its
-dense ``to_masked_mlp()`` equivalent), ``modlayer`` / ``maskedlayer`` (one such hidden layer).
+dense ``to_masked_mlp()`` equivalent), ``modlayer`` / ``maskedlayer`` (one such hidden layer);
+a suffix ``-l<K>`` (``modular-l1``, ``masked-l1``, ``modlayer-l0``, ...) sets the number of
+links per module to K instead of 2.
 
 Example:
     python benchmarks/bench_layers.py --threads 1 --repeats 7
@@ -65,13 +67,17 @@ class _Naive:
         return Naive()
 
 
-def _modular_layer(masked: bool):
+def _modular_arch(links: int) -> str:
+    return MODULAR.replace("links=2", f"links={links}")
+
+
+def _modular_layer(masked: bool, links: int = 2):
     import torch
 
     import permsym
     from permsym.layers.modular import module_blocks
 
-    net = permsym.build(MODULAR.replace("64-10", "1024-10").replace("depth=3", "depth=2"))
+    net = permsym.build(_modular_arch(links).replace("64-10", "1024-10").replace("depth=3", "depth=2"))
 
     class One(torch.nn.Module):
         """Only the hidden-to-hidden modular layer (feature-major blocks + links), or its
@@ -109,13 +115,14 @@ def build(variant: str, units: int):
         from torchortho import HermiteActivation
 
         return HermiteActivation(int(m[1]))
-    if variant in ("modular", "masked"):
+    if m := re.fullmatch(r"(modular|masked|modlayer|maskedlayer)(?:-l(\d+))?", variant):
         import permsym
 
-        net = permsym.build(MODULAR)
-        return net.to_masked_mlp() if variant == "masked" else net
-    if variant in ("modlayer", "maskedlayer"):
-        return _modular_layer(variant == "maskedlayer")
+        links = int(m[2]) if m[2] else 2
+        if m[1] in ("modlayer", "maskedlayer"):
+            return _modular_layer(m[1] == "maskedlayer", links)
+        net = permsym.build(_modular_arch(links))
+        return net.to_masked_mlp() if m[1] == "masked" else net
     raise ValueError(f"unknown variant {variant!r}")
 
 
@@ -146,7 +153,7 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     n, c = args.shape
-    if args.variant in ("modular", "masked"):
+    if re.fullmatch(r"(modular|masked)(-l\d+)?", args.variant):
         c = 64
     mod = build(args.variant, c)
     x = torch.randn(n, c, requires_grad=True)
@@ -228,8 +235,10 @@ def parent(args: argparse.Namespace) -> None:
         step = r.get("step_MiB", float("nan")) - step_floor
         print(f"| {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['median_cpu_ms']:.0f} | {ratio} | "
               f"{ratio_cpu} | {r['max_rss_MiB'] - floor:.0f} | {step:.0f} | {step / tensor_mib:.1f} |")
-    for a, b in [("torchortho5", "ortho5"), ("torchortho8", "ortho8"), ("masked", "modular"),
-                 ("maskedlayer", "modlayer"), ("naive8", "ortho8")]:
+    pairs = [("torchortho5", "ortho5"), ("torchortho8", "ortho8"), ("naive8", "ortho8")]
+    for suffix in sorted({re.sub(r"^(modular|masked|modlayer|maskedlayer)", "", v) for v in by}):
+        pairs += [(f"masked{suffix}", f"modular{suffix}"), (f"maskedlayer{suffix}", f"modlayer{suffix}")]
+    for a, b in pairs:
         if a in by and b in by:
             print(f"{a} / {b}: {by[a]['median_ms'] / by[b]['median_ms']:.1f}x wall, "
                   f"{by[a]['median_cpu_ms'] / by[b]['median_cpu_ms']:.1f}x CPU")
