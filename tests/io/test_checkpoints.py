@@ -86,3 +86,15 @@ def test_saved_files_get_the_usual_mode(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_metadata_that_is_not_json_names_the_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.safetensors"
+    model = permsym.build("mlp:4-6-2")
+    meta = {"permsym_format": "1", "permsym_arch": "mlp:4-6-2", "user.note": "{not json"}
+    from permsym.io import FORMAT
+
+    meta["permsym_format"] = FORMAT
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    with pytest.raises(PermsymError, match=r"bad.safetensors' has metadata 'note' that is not valid JSON"):
+        permsym.load(path)

@@ -104,7 +104,13 @@ def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
     meta: dict[str, Any] = {"arch": raw_meta["permsym_arch"]}
     for key, value in raw_meta.items():
         if key.startswith("user."):
-            meta[key[5:]] = json.loads(value)
+            try:
+                meta[key[5:]] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise PermsymError(
+                    f"load: {str(p)!r} has metadata {key[5:]!r} that is not valid JSON ({exc.msg} at "
+                    f"character {exc.pos}); permsym.save writes JSON there."
+                ) from None
     return tensors, meta
 
 
