@@ -219,3 +219,23 @@ def test_slurm_without_slurm_is_one_line(tmp_path: Path) -> None:
         with pytest.raises(PermsymError, match=r"^sweep: cannot start submitit's slurm executor: .*srun") as info:
             ex.submit(pow, 2, 3)
     assert "\n" not in str(info.value)
+
+
+def test_a_timed_out_job_is_not_retried_with_the_same_limit(tmp_path: Path) -> None:
+    """Slurm's TIMEOUT / OUT_OF_MEMORY would recur with the same limits: one line with the hint."""
+    import submitit
+
+    class TimedOut:
+        job_id, state = "42", "TIMEOUT"
+        paths = type("Paths", (), {"stderr": tmp_path / "42.err"})()
+
+        def done(self) -> bool:
+            return True
+
+        def result(self) -> None:
+            raise submitit.core.utils.UncompletedJobError("job 42 has not produced any output")
+
+    with make_executor("submitit", options={**LOCAL, "folder": tmp_path}, call="sweep") as ex:
+        ex._units[0], ex._retries[0], ex._running[0] = (print, ()), 0, TimedOut()
+        with pytest.raises(PermsymError, match=r"sweep: unit 0 ended with Slurm state TIMEOUT .*raise --slurm-time"):
+            list(ex.as_completed())

@@ -9,6 +9,7 @@ from torch import nn
 
 import permsym
 from permsym.curvature import FlatLoss, HessianOperator, dense_hessian
+from permsym.noise.outer import applies
 from tests.assertions import relative_error
 
 ACTS = ["tanh", "relu", "gelu", "silu", "sigmoid", "identity"]
@@ -86,17 +87,36 @@ class _Wrapped(nn.Module):
         (nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Linear(5, 3)).double(), "ce", "LayerNorm"),
         (permsym.build("mlp:4-5-3,act=tanh").double(), "soft", "not mean cross-entropy"),
         (permsym.build("mlp:4-5-1,act=tanh").double(), "mse1", "targets must have the output's shape"),
+        (nn.Sequential(nn.Linear(4, 5), nn.SiLU(inplace=True), nn.Linear(5, 3)).double(), "ce", "in-place activation"),
+        (permsym.build("mlp:4-5-3,act=tanh").double(), "ignored", r"class labels must lie in \[0, 3\); got \[-100, 2\]"),
+        (permsym.build("mlp:4-5-3,act=tanh").double(), "uint8", "not mean cross-entropy"),
+        (permsym.build("mlp:4-5-3,act=tanh").double(), "own_mse", "not mean cross-entropy"),
     ],
 )
 def test_unsupported_models_fall_back_to_revrev(model, loss, reason):
     g = torch.Generator().manual_seed(0)
     X = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (10,), generator=g)
+
+    def _mse(output, target):  # a user's loss that happens to share the name of permsym's
+        return ((output - target) ** 2).sum()
+
     loss_fn, y = {
-        "ce": (F.cross_entropy, torch.randint(0, 3, (10,), generator=g)),
+        "ce": (F.cross_entropy, labels),
         "soft": (F.cross_entropy, torch.softmax(torch.randn(10, 3, generator=g, dtype=torch.float64), 1)),
         "mse1": (F.mse_loss, torch.randn(10, generator=g, dtype=torch.float64)),
+        "ignored": (F.cross_entropy, torch.cat([labels[:9], torch.tensor([-100])])),  # F.cross_entropy's ignore_index
+        "uint8": (F.cross_entropy, labels.to(torch.uint8)),
+        "own_mse": (_mse, torch.randn(10, 3, generator=g, dtype=torch.float64)),
     }[loss]
     flat = FlatLoss(model, loss_fn, (X, y))
-    assert HessianOperator(flat).method == "revrev"
+    op = HessianOperator(flat)
+    assert op.method == "revrev"
+    assert not applies(flat)  # the per-sample outer-product path shares the check
     with pytest.raises(ValueError, match=reason):
         HessianOperator(flat, method="rop")
+    # mse1 broadcasts (10, 1) against (10,), a user error revrev follows as written; uint8
+    # targets are refused by F.cross_entropy's own gather in torch 2.13, as without permsym
+    if loss not in ("mse1", "uint8"):
+        v = torch.randn(op.shape[0], generator=g, dtype=torch.float64)
+        assert relative_error(op(v), dense_hessian(model, loss_fn, (X, y)) @ v) < 1e-10

@@ -124,5 +124,5 @@ def test_per_sample_gradients_into_a_given_tensor(path):
     out = torch.full((23, sum(p.numel() for p in model.parameters())), float("nan"), dtype=torch.float64)
     G = per_sample_gradients(model, loss_fn, (X, y), out=out)
     assert G is out and (G - _loop(model, loss_fn, X, y)).abs().max() < 1e-10
-    with pytest.raises(ValueError, match=r"out must be a \(23, \d+\) torch.float64 tensor on cpu; got \(2, 3\) torch.float32"):
+    with pytest.raises(ValueError, match=r"out must be a contiguous \(23, \d+\) torch.float64 tensor on cpu; got a \(2, 3\) torch.float32"):
         per_sample_gradients(model, loss_fn, (X, y), out=torch.zeros(2, 3))

@@ -99,20 +99,25 @@ def scored_names(state: Mapping[str, torch.Tensor], lay: Layout) -> list[str]:
 
 
 def inner(sa: Mapping[str, torch.Tensor], sb: Mapping[str, torch.Tensor], names: list[str]) -> float:
-    r"""$\sum_k \langle A_k, B_k \rangle$: products in the tensors' dtype, summed in float64."""
+    r"""$\sum_k \langle A_k, B_k \rangle$: products in the tensors' dtype (at least float32), summed in float64."""
     return float(sum(_dot64(sa[k], sb[k]) for k in names))
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 tensors as float32 (their products would round at ~1e-3); others as they are."""
+    return t.float() if t.is_floating_point() and t.element_size() < 4 else t
 
 
 def _dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype == torch.float64 and b.dtype == torch.float64:
         return torch.vdot(a.reshape(-1), b.reshape(-1))
-    return (a * b).sum(dtype=torch.float64)  # no float64 copies of the operands
+    return (_wide(a) * _wide(b)).sum(dtype=torch.float64)  # no float64 copies of the operands
 
 
 def distance(sa: Mapping[str, torch.Tensor], sb: Mapping[str, torch.Tensor], names: list[str]) -> float:
     r"""$\big(\sum_k \lVert A_k - B_k \rVert^2\big)^{1/2}$: differences in the tensors' dtype
     (exact where the entries are within a factor 2 of each other), squares summed in float64."""
-    total = sum(float(torch.linalg.vector_norm(sa[k] - sb[k], dtype=torch.float64)) ** 2 for k in names)
+    total = sum(float(torch.linalg.vector_norm(_wide(sa[k]) - _wide(sb[k]), dtype=torch.float64)) ** 2 for k in names)
     return float(np.sqrt(total))
 
 
@@ -136,7 +141,7 @@ def unit_features(state: Mapping[str, torch.Tensor], lay: Layout, gi: int, perms
 
 def _per_unit(a: torch.Tensor, b: torch.Tensor, axis: int, n: int) -> torch.Tensor:
     """Sum of ``a * b`` over every axis but ``axis``, then over each unit's block: ``(n,)`` float64."""
-    t = a * b
+    t = _wide(a) * _wide(b)
     other = [d for d in range(t.dim()) if d != axis]
     return (t.sum(dim=other, dtype=torch.float64) if other else t.double()).reshape(n, -1).sum(1)
 

@@ -158,6 +158,11 @@ class SubmititExecutor(Executor):
                     raise PermsymError(f"{self.call}: unit {ticket} failed in submitit job {job.job_id} "
                                        f"(logs: {job.paths.stderr}): {_last_line(exc)}") from None
                 except errors.UncompletedJobError as exc:  # no result: died, killed, timed out
+                    state = _state(job)
+                    if state in _NO_RETRY:  # the same limits would fail the same way again
+                        raise PermsymError(f"{self.call}: unit {ticket} ended with Slurm state {state} "
+                                           f"(submitit job {job.job_id}, logs: {job.paths.stderr}); "
+                                           f"{_NO_RETRY[state]}") from None
                     if self._retries[ticket] >= self.max_retries:
                         raise PermsymError(f"{self.call}: unit {ticket} failed after {self.max_retries} "
                                            f"retries (submitit job {job.job_id}, logs: {job.paths.stderr}): "
@@ -193,3 +198,17 @@ def _last_line(exc: BaseException) -> str:
 def gpus_for(num_gpus: float) -> int:
     """Whole GPUs for one job reserving ``num_gpus`` (Slurm reserves whole GPUs)."""
     return math.ceil(num_gpus) if num_gpus > 0 else 0
+
+
+_NO_RETRY = {
+    "TIMEOUT": "raise --slurm-time (minutes) instead of retrying with the same limit.",
+    "OUT_OF_MEMORY": "ask Slurm for more memory per unit instead of retrying with the same limit.",
+}
+
+
+def _state(job: Any) -> str:
+    """The scheduler's state of a finished job (``""`` where it cannot be read)."""
+    try:
+        return str(job.state).split()[0].upper()
+    except Exception:  # noqa: BLE001 - sacct missing or the local executor's own states
+        return ""

@@ -18,10 +18,10 @@ applies and ``"revrev"`` elsewhere:
   by one chunk; about twice the cost per product).
 
 Measured on a shared 2-core CPU, two torch threads (MLP 64-256-256-10, 2048 samples): build /
-per product rop 2 ms / 5.9 ms, revrev 7 ms / 9.4 ms, linearize 225 ms / 8.9 ms, fwdrev 1 ms / 17.7 ms; top-5 by
-Lanczos (55 products) 0.66 s with revrev, 1.01 s with linearize. Hutch++ with 99 products on a
-3,466-parameter model (1,797 samples): revrev 0.12 s, linearize 0.31 s. See
-benchmarks/bench_curvature.py and benchmarks/RESULTS.md.
+per product rop 6 ms / 7.7 ms, revrev 7 ms / 9.8 ms, linearize 249 ms / 9.5 ms, fwdrev
+1 ms / 17.5 ms; top-5 by Lanczos (50 products) 0.43 s with rop, 0.56 s with revrev, 0.76 s with
+linearize. Hutch++ with 99 products on a 3,466-parameter model (1,797 samples): rop 0.067 s,
+linearize 0.30 s. See benchmarks/bench_curvature.py and benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ directional derivative along $v = (V_l, c_l)$):
   $(Hv)_b = \sum_{\text{rows}} R g$; activation: $R g_u = \sigma'(u) \odot R g + \sigma''(u) \odot R u \odot g$.
 
 That is six GEMMs per hidden layer, as autograd's double backward, but without its graph
-bookkeeping and extra element-wise passes: 5.9 ms against 9.4 ms (``"revrev"``) for
-``mlp:64-256-256-10`` on 2048 samples (benchmarks/bench_curvature.py). Masks enter as
+bookkeeping and extra element-wise passes: 7.7 ms against 9.8 ms (``"revrev"``) for
+``mlp:64-256-256-10`` on 2048 samples (benchmarks/bench_curvature.py, RESULTS.md). Masks enter as
 $W \odot B$, $V \odot B$ and a masked weight block of $Hv$. Anything else (other layers,
 losses, soft labels, inputs that are not ``(n, features)``) is not supported:
 :func:`supports` says why, and the operator falls back to ``"revrev"``.
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from permsym.curvature.functional import _mse
 from permsym.layers.masked_linear import MaskedLinear
 
 __all__ = ["RopChunk", "activation_derivatives", "supports"]
@@ -49,6 +50,8 @@ def supports(module: nn.Module, loss_fn: Callable, X: torch.Tensor, y: torch.Ten
             return "GELU(approximate='tanh') is not supported"
         elif type(layer) not in _ACTIVATIONS:
             return f"layer {name!r} ({type(layer).__name__}) is not Linear or an element-wise activation"
+        elif getattr(layer, "inplace", False):  # it would overwrite the cached input sigma'(u) needs
+            return f"layer {name!r} is an in-place activation"
     if names != expected:
         return "parameters are shared or not in layer order"
     if not any(type(layer) in (nn.Linear, MaskedLinear) for layer in module):
@@ -61,13 +64,16 @@ def supports(module: nn.Module, loss_fn: Callable, X: torch.Tensor, y: torch.Ten
     width = [layer.out_features for layer in module if isinstance(layer, nn.Linear)][-1]
     if kind == "mse" and tuple(y.shape) != (X.shape[0], width):
         return f"targets must have the output's shape ({X.shape[0]}, {width}); got {tuple(y.shape)}"
+    if kind == "ce" and y.numel() and not (0 <= int(y.min()) and int(y.max()) < width):
+        # F.cross_entropy skips ignore_index (-100) targets; anything outside [0, C) falls back
+        return f"class labels must lie in [0, {width}); got [{int(y.min())}, {int(y.max())}]"
     return None
 
 
 def _loss_kind(loss_fn: Callable, y: torch.Tensor) -> str | None:
-    if loss_fn is F.cross_entropy and not y.is_floating_point() and y.ndim == 1:
+    if loss_fn is F.cross_entropy and y.dtype == torch.long and y.ndim == 1:
         return "ce"
-    if getattr(loss_fn, "__name__", "") == "_mse" or loss_fn is F.mse_loss:
+    if loss_fn is _mse or loss_fn is F.mse_loss:  # FlatLoss replaces F.mse_loss by its _mse
         return "mse"
     return None
 

@@ -132,6 +132,18 @@ def _stacked_step(model: nn.Module, loss_fn: Any) -> Any:
     return step
 
 
+def _alignment_rows(params: dict[str, torch.Tensor], count: int) -> list[int]:
+    """The first seed of each alignment class of the stacked parameters' slices, and the last seed."""
+    seen: set[tuple[int, ...]] = set()
+    rows = []
+    for i in range(count):
+        key = tuple(p[i].data_ptr() % 64 for p in params.values())
+        if key not in seen:
+            seen.add(key)
+            rows.append(i)
+    return sorted(set(rows) | {count - 1})
+
+
 def _per_seed_autograd(model: nn.Module, loss_fn: Any, params: dict[str, torch.Tensor], X: torch.Tensor,
                        y: torch.Tensor, idx: torch.Tensor, rows: list[int] | None = None,
                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -217,9 +229,10 @@ def train(
     fast = _stacked_step(models[0], loss_fn)
     mode = "bmm" if fast is not None else "vmap"  # first step checked; bmm -> vmap -> loop on a mismatch
     short_ok: bool | None = None  # may a short last minibatch use the batched step? (checked once)
-    # The batched kernels run the same code for every seed (values do not pick kernels), so the
-    # bit-for-bit check of the batched step against fit's compares the first and the last seed.
-    rows = sorted({0, len(seeds) - 1})
+    # Values do not pick kernels, but BLAS results may depend on the alignment of the operands:
+    # the bit-for-bit check against fit's step takes one seed per distinct set of byte offsets
+    # (mod 64) of its parameter slices, and the last seed.
+    rows = _alignment_rows(params, len(seeds))
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     n = X.shape[0]
     history: list[list[float]] = [[] for _ in seeds]

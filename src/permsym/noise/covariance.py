@@ -171,8 +171,11 @@ def gradient_noise(
     r"""$\mathrm{tr}\,C$, $|\bar g|^2$, noise scale and temperature $T = \eta\,\mathrm{tr}\,C/(2BP)$.
 
     With ``dense=True`` (small models) or a ``subspace`` the result also holds $C$ or $V^\top C V$.
-    Per-sample gradients are streamed ``chunk_size`` samples at a time (``None``: about 32 MiB
-    of gradients per chunk); the ``(N, P)`` matrix is never formed.
+    Plain MLPs without ``dense``/``subspace``: $|g_i|^2$ and $\bar g$ from each layer's inputs and
+    output gradients (:mod:`permsym.noise.outer`), no per-sample gradient is formed and
+    ``chunk_size`` is not used. Otherwise per-sample gradients are streamed ``chunk_size``
+    samples at a time (``None``: about 32 MiB of gradients per chunk); the ``(N, P)`` matrix is
+    never formed.
     """
     check_positive_int("gradient_noise", "batch_size", batch_size)
     if not lr > 0:

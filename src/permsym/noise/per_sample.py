@@ -105,10 +105,11 @@ def per_sample_gradients(
         shape = (flat.X.shape[0], flat.num_params)
         if out is None:
             G = torch.empty(shape, dtype=flat.dtype, device=flat.theta.device)
-        elif tuple(out.shape) != shape or out.dtype != flat.dtype or out.device != flat.theta.device:
+        elif (tuple(out.shape) != shape or out.dtype != flat.dtype or out.device != flat.theta.device
+              or not out.is_contiguous()):
             raise ValueError(
-                f"per_sample_gradients: out must be a {shape} {flat.dtype} tensor on {flat.theta.device}; "
-                f"got {tuple(out.shape)} {out.dtype} on {out.device}."
+                f"per_sample_gradients: out must be a contiguous {shape} {flat.dtype} tensor on {flat.theta.device}; "
+                f"got {'a' if out.is_contiguous() else 'a non-contiguous'} {tuple(out.shape)} {out.dtype} on {out.device}."
             )
         else:
             G = out
