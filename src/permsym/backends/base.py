@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
+
+from permsym._errors import PermsymError
 
 BACKENDS = ("local", "ray", "submitit")
 
@@ -98,3 +101,12 @@ def make_executor(backend: str = "local", *, jobs: int = 1, address: str | None 
         raise ValueError(f"{call}: unknown submitit option {unknown[0]!r}; expected one of {', '.join(allowed)}.")
     options.setdefault("gpus_per_node", gpus_for(num_gpus))
     return SubmititExecutor(**options, call=call)
+
+
+def import_extra(name: str, call: str) -> Any:
+    """Import the optional package behind backend ``name``, or raise one line saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise PermsymError(f"{call}: backend {name!r} needs the {name} extra, which is not installed; "
+                           f"run pip install 'permsym[{name}]'.") from None

@@ -12,21 +12,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from permsym._errors import PermsymError
-from permsym.backends.base import Executor
+from permsym.backends.base import Executor, import_extra
 
 __all__ = ["RayExecutor", "import_ray"]
 
-INSTALL_HINT = "pip install 'permsym[ray]'"
 
 
 def import_ray(call: str = "permsym") -> Any:
     """Import ray, or raise one line that says how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise PermsymError(f"{call}: backend 'ray' needs the ray extra, which is not installed; "
-                           f"run {INSTALL_HINT}.") from None
-    return ray
+    return import_extra("ray", call)
 
 
 def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:

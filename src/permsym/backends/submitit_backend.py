@@ -20,22 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from permsym._errors import PermsymError
-from permsym.backends.base import Executor
+from permsym.backends.base import Executor, import_extra
 
 __all__ = ["CLUSTERS", "SubmititExecutor", "import_submitit"]
 
-INSTALL_HINT = "pip install 'permsym[submitit]'"
 CLUSTERS = ("auto", "local", "slurm")
 
 
 def import_submitit(call: str = "permsym") -> Any:
     """Import submitit, or raise one line that says how to install it."""
-    try:
-        import submitit
-    except ImportError:
-        raise PermsymError(f"{call}: backend 'submitit' needs the submitit extra, which is not installed; "
-                           f"run {INSTALL_HINT}.") from None
-    return submitit
+    return import_extra("submitit", call)
 
 
 class _Raised:
