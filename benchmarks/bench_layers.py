@@ -14,7 +14,8 @@ subprocess. Memory, two ways, each minus the ``noop`` variant's (``y = x.clone()
   forward+backward steps: the extra peak memory of a forward+backward itself.
 
 Variants: ``noop``, ``gelu``, ``ortho<D>`` (OrthoPoly chebyshev, degree D, per-unit),
-``ortho<D>c`` (same with ``compile=True``), ``naive<D>`` (stacked-basis chebyshev with plain
+``ortho<D>c`` (same with ``compile=True``: native single-pass C++ kernels), ``ortho<D>ci``
+(``compile=True`` with inductor's kernels only, ``poly_native.ENABLED = False``), ``naive<D>`` (stacked-basis chebyshev with plain
 autograd), ``torchortho<D>`` (``torchortho.HermiteActivation(D)``, needs the package in the
 running environment; never a permsym dependency), ``modular`` / ``masked`` (ModularMLP, 16
 modules of 64 units, 2 sparse links at density 0.25, depth 3, on (4096, 64) inputs, vs its
@@ -40,7 +41,7 @@ import sys
 import time
 
 DEFAULT = (
-    "noop,gelu,ortho4,ortho5,ortho8,ortho16,naive8,ortho8c,torchortho5,torchortho8,"
+    "noop,gelu,ortho4,ortho5,ortho8,ortho16,naive8,ortho8c,ortho8ci,ortho16c,torchortho5,torchortho8,"
     "modular,masked,modlayer,maskedlayer"
 )
 MODULAR = "modular:64-10,modules=16,width=64,depth=3,links=2,density=0.25,wiring=ring"
@@ -107,7 +108,11 @@ def build(variant: str, units: int):
         return _Clone()
     if variant == "gelu":
         return torch.nn.GELU()
-    if m := re.fullmatch(r"ortho(\d+)(c?)", variant):
+    if m := re.fullmatch(r"ortho(\d+)(c?)(i?)", variant):
+        if m[3]:
+            from permsym.layers import poly_native
+
+            poly_native.ENABLED = False
         return OrthoPoly("chebyshev", int(m[1]), num_units=units, compile=bool(m[2]))
     if m := re.fullmatch(r"naive(\d+)", variant):
         return _Naive(units, int(m[1]))

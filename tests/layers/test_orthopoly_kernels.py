@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.func import functional_call, grad, vmap
 
-from permsym.layers import OrthoPoly, poly_basis
+from permsym.layers import OrthoPoly, poly_basis, poly_native
 from permsym.layers.poly_autograd import eager_backward, eager_forward
 from tests.assertions import assert_close_rel
 
@@ -59,26 +59,131 @@ def test_eager_panels_match_the_stacked_basis(family, degree, per_unit, shape, p
     assert_close_rel(grad_a * act.inv_lam, ref_a, 1e-11, "df/da")
 
 
+@pytest.fixture
+def inductor_only(monkeypatch):
+    """``compile=True`` with inductor's kernels only (the path off the CPU and for maps
+    without a native kernel)."""
+    monkeypatch.setattr(poly_native, "ENABLED", False)
+
+
 @pytest.mark.slow  # inductor compiles a forward and a backward kernel per case (~10 s each)
 @pytest.mark.parametrize(("units", "shape"), [(None, (3, 4, 5, 5)), (6, (70, 6)), (4, (5, 4, 3))])
-def test_compiled_kernels_match_eager_in_float64(units, shape):
+def test_compiled_kernels_match_eager_in_float64(units, shape, inductor_only):
     # shared over a 4-d input; per unit with rows not a multiple of the reduction's row
     # block (64 + 6) and with spatial axes
-    gen = torch.Generator().manual_seed(3)
-    eager = OrthoPoly("chebyshev", 6, num_units=units, dtype=torch.float64)
-    compiled = OrthoPoly("chebyshev", 6, num_units=units, dtype=torch.float64, compile=True)
+    _compare_compiled_with_eager("chebyshev", {}, 6, units, shape, 1e-12)
+
+
+def _compare_compiled_with_eager(family, kwargs, degree, units, shape, rtol, *, need_x=True, need_a=True, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    eager = OrthoPoly(family, degree, num_units=units, dtype=torch.float64, **kwargs)
+    compiled = OrthoPoly(family, degree, num_units=units, dtype=torch.float64, compile=True, **kwargs)
     with torch.no_grad():
         eager.coeffs.add_(0.3 * torch.randn(eager.coeffs.shape, generator=gen, dtype=torch.float64))
         compiled.coeffs.copy_(eager.coeffs)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    eager.coeffs.requires_grad_(need_a)
+    compiled.coeffs.requires_grad_(need_a)
+    x = (2 * torch.randn(shape, generator=gen, dtype=torch.float64)).requires_grad_(need_x)
     g = torch.randn(shape, generator=gen, dtype=torch.float64)
     y1, y2 = eager(x), compiled(x)
-    g1 = torch.autograd.grad(y1, (x, eager.coeffs), g)
-    g2 = torch.autograd.grad(y2, (x, compiled.coeffs), g)
-    # the compiled sweeps use FMAs and a series for sin/cos: agreement to rounding (~1e-15)
+    assert_close_rel(y2, y1, rtol, "f")
+    g1 = torch.autograd.grad(y1, [x] * need_x + [eager.coeffs] * need_a, g)
+    g2 = torch.autograd.grad(y2, [x] * need_x + [compiled.coeffs] * need_a, g)
+    names = ["df/dx"] * need_x + ["df/da"] * need_a
+    for a, b, what in zip(g2, g1, names, strict=True):
+        assert_close_rel(a, b, rtol, what)
+
+
+# One case per native map, every layout: rows (units on the vector lanes, a unit count and a
+# row count that are not multiples of the vector width or the 64-row flush), runs of a
+# spatial axis longer than a piece, shared coefficients over a 4-d input; degrees 0, 1, 16.
+_NATIVE_CASES = [
+    ("chebyshev", {}, 8, 37, (131, 37)),
+    ("legendre", {}, 5, None, (3, 4, 5, 7)),
+    ("hermite", {}, 16, 3, (2, 3, 4100)),
+    ("chebyshev2", {"domain": "tanh"}, 1, 5, (9, 5, 3)),
+    ("laguerre", {"domain": "softplus"}, 0, 4, (6, 4)),
+    ("jacobi", {"alpha": 0.5, "beta": -0.3}, 6, None, (1000,)),
+]
+
+
+@pytest.mark.slow  # each case builds a forward and a backward C++ kernel (~2 s each)
+@pytest.mark.parametrize(("family", "kwargs", "degree", "units", "shape"), _NATIVE_CASES)
+def test_native_kernels_match_eager_in_float64(family, kwargs, degree, units, shape):
+    act = OrthoPoly(family, degree, num_units=units, dtype=torch.float64, **kwargs)
+    assert poly_native.supports(torch.zeros(1, dtype=torch.float64), act._rec), act.map.name
+    # FMAs and the sin/cos series round differently from the eager ops: ~1e-15 relative
+    _compare_compiled_with_eager(family, kwargs, degree, units, shape, 1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("need_x", "need_a"), [(True, False), (False, True)])
+@pytest.mark.parametrize("units", [None, 6])
+def test_native_backward_computes_only_what_is_needed(need_x, need_a, units):
+    _compare_compiled_with_eager("chebyshev", {}, 4, units, (70, 6), 1e-12, need_x=need_x, need_a=need_a)
+
+
+@pytest.mark.slow
+def test_native_kernels_in_float32_agree_with_float64_and_are_deterministic():
+    gen = torch.Generator().manual_seed(5)
+    act = OrthoPoly("chebyshev", 8, num_units=40, compile=True)
+    x = torch.randn(300, 40, generator=gen)
+    g = torch.randn(300, 40, generator=gen)
+
+    def run(layer, xin):
+        xin = xin.clone().requires_grad_(True)
+        y = layer(xin)
+        return (y, *torch.autograd.grad(y, (xin, layer.coeffs), g.to(xin.dtype)))
+
+    first, second = run(act, x), run(act, x)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    reference = run(act.double(), x.double())
+    # float32 erf is Abramowitz-Stegun 7.1.26 (|error| 1.5e-7) in torch's vector library
+    for a, b, what in zip(first, reference, ("f", "df/dx", "df/da"), strict=True):
+        assert_close_rel(a.double(), b, 2e-5, what)
+
+
+@pytest.mark.slow
+def test_native_kernels_split_work_over_threads():
+    x = torch.randn(257, 33, dtype=torch.float64, requires_grad=True)
+    act = OrthoPoly("legendre", 7, num_units=33, dtype=torch.float64, compile=True)
+    outputs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            y = act(x)
+            outputs.append((y, *torch.autograd.grad(y.square().sum(), (x, act.coeffs))))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, what in zip(outputs[0], outputs[1], ("f", "df/dx", "df/da"), strict=True):
+        assert_close_rel(a, b, 1e-13, what)
+
+
+@pytest.mark.slow
+def test_maps_without_native_kernels_use_inductor():
+    act = OrthoPoly("laguerre", 4, num_units=6, dtype=torch.float64)  # exponential map
+    assert not poly_native.supports(torch.zeros(1, dtype=torch.float64), act._rec)
+    _compare_compiled_with_eager("laguerre", {}, 4, 6, (70, 6), 1e-12)
+
+
+@pytest.mark.slow
+def test_native_layer_inside_an_outer_torch_compile():
+    # the kernels are torch.library custom ops: an outer torch.compile sees opaque operators
+    gen = torch.Generator().manual_seed(6)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 8, dtype=torch.float64),
+        OrthoPoly("chebyshev", 6, num_units=8, compile=True, dtype=torch.float64),
+        torch.nn.Linear(8, 1, dtype=torch.float64),
+    )
+    x = torch.randn(20, 5, generator=gen, dtype=torch.float64)
+    outer = torch.compile(model, fullgraph=True)
+    y1, y2 = model(x), outer(x)
+    g1 = torch.autograd.grad(y1.sum(), list(model.parameters()))
+    g2 = torch.autograd.grad(y2.sum(), list(model.parameters()))
     assert_close_rel(y2, y1, 1e-12, "f")
-    for a, b, what in zip(g2, g1, ("df/dx", "df/da"), strict=True):
-        assert_close_rel(a, b, 1e-12, what)
+    for a, b in zip(g2, g1, strict=True):
+        assert_close_rel(a, b, 1e-12, "gradient")
 
 
 @pytest.mark.parametrize("units", [None, 5])

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from permsym.layers import poly_native
 from permsym.layers.poly_maps import MAPS
 
 PANEL = 1 << 16
@@ -72,6 +73,11 @@ class Recurrence:
     map_name: str
     per_unit: bool
 
+    @property
+    def key(self) -> str:
+        """A string naming this recurrence (the native kernels' custom ops take strings)."""
+        return f"{self.map_name}/{int(self.per_unit)}/{self.first!r}/{self.steps!r}"
+
 
 def scaled_recurrence(b: np.ndarray, c: np.ndarray, map_name: str, per_unit: bool) -> tuple[Recurrence, np.ndarray]:
     """The :class:`Recurrence` for ``(b, c)`` and the scales $\\lambda_n$ (float64)."""
@@ -83,7 +89,9 @@ def scaled_recurrence(b: np.ndarray, c: np.ndarray, map_name: str, per_unit: boo
         lam[n + 1] = -lam[n - 1] * c[n + 1] / c[n]
         steps.append((float(v), float(-v * b[n])))
     first = (float(1.0 / c[1]), float(-b[0] / c[1])) if size > 1 else (1.0, 0.0)
-    return Recurrence(first, tuple(steps), map_name, per_unit), lam
+    rec = Recurrence(first, tuple(steps), map_name, per_unit)
+    poly_native.register(rec)
+    return rec, lam
 
 
 # --------------------------------------------------------------------------- panels
@@ -402,8 +410,11 @@ class OrthoPolyFunction(torch.autograd.Function):
         a = coeffs * inv_lam
         if not compiled:
             return eager_forward(x, a, rec)
-        forward, _ = compiled_kernels(rec)
         xc = _canonical(x, rec.per_unit)
+        if poly_native.supports(x, rec):
+            ak = a.T if rec.per_unit else a
+            return poly_native.native_forward(xc, ak.to(x.dtype).contiguous(), rec.key).reshape(x.shape)
+        forward, _ = compiled_kernels(rec)
         ac = a.T.contiguous().unsqueeze(-1) if rec.per_unit else a
         return forward(xc.detach(), ac.to(x.dtype)).reshape(x.shape)
 
@@ -423,6 +434,12 @@ class OrthoPolyFunction(torch.autograd.Function):
         a, e = coeffs * inv_lam, (coeffs @ dmat) * inv_lam
         if not ctx.compiled:
             grad_x, grad_a = eager_backward(x, g, a, e, rec, need_x, need_a)
+        elif poly_native.supports(x, rec):
+            xc, gc = _canonical(x, rec.per_unit), _canonical(g, rec.per_unit)
+            ek = (e.T if rec.per_unit else e).to(x.dtype).contiguous()
+            grad_x, ga = poly_native.native_backward(xc, gc, ek, a.shape[-1], rec.key, need_x, need_a)
+            grad_x = grad_x.reshape(x.shape) if need_x else None
+            grad_a = (ga.T if rec.per_unit else ga[:, 0]) if need_a else None
         else:
             _, backward = compiled_kernels(rec)
             shape = x.shape

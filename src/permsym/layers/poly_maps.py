@@ -157,20 +157,27 @@ def _exponential_fill(x, t, d):
     return t, d
 
 
-def _half_pi_series(e: torch.Tensor, kind: str) -> torch.Tensor:
-    r"""$\sin(\tfrac{\pi}{2} e)$ or $\cos(\tfrac{\pi}{2} e)$ for $|e| \le 1$ by their Taylor
-    series in Horner form, cut where the next term is below the dtype's rounding
-    ($(\pi/2)^{15}/15! < 10^{-9}$ for float32, $(\pi/2)^{25}/25! < 10^{-20}$ for float64):
-    a few fused multiply-adds where a vectorised sin/cos needs a range reduction."""
-    terms = 7 if e.dtype in (torch.float32, torch.float16, torch.bfloat16) else 12
+def half_pi_coefficients(kind: str, single: bool) -> list[float]:
+    r"""Taylor coefficients, in powers of $e^2$, of $\sin(\tfrac{\pi}{2} e) / e$
+    (``kind="sin"``) or $\cos(\tfrac{\pi}{2} e)$ for $|e| \le 1$, cut where the next term
+    is below the dtype's rounding ($(\pi/2)^{15}/15! < 10^{-9}$ for single precision,
+    $(\pi/2)^{25}/25! < 10^{-20}$ for double)."""
+    terms = 7 if single else 12
     odd = kind == "sin"
     powers = [2 * k + (1 if odd else 0) for k in range(terms + (0 if odd else 1))]
-    cs = [(-1) ** k * (0.5 * math.pi) ** p / math.factorial(p) for k, p in enumerate(powers)]
+    return [(-1) ** k * (0.5 * math.pi) ** p / math.factorial(p) for k, p in enumerate(powers)]
+
+
+def _half_pi_series(e: torch.Tensor, kind: str) -> torch.Tensor:
+    r"""$\sin(\tfrac{\pi}{2} e)$ or $\cos(\tfrac{\pi}{2} e)$ for $|e| \le 1$ by
+    :func:`half_pi_coefficients` in Horner form: a few fused multiply-adds where a
+    vectorised sin/cos needs a range reduction."""
+    cs = half_pi_coefficients(kind, e.dtype in (torch.float32, torch.float16, torch.bfloat16))
     e2 = e * e
     acc = e2 * cs[-1] + cs[-2]
     for c in reversed(cs[:-2]):
         acc = acc * e2 + c
-    return acc * e if odd else acc
+    return acc * e if kind == "sin" else acc
 
 
 def _arcsine_traced(x: torch.Tensor, need_d: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,0 +1,364 @@
+r"""Single-pass C++ kernels for ``OrthoPoly(compile=True)`` on the CPU.
+
+Inductor compiles the forward well, but not the backward: it cannot fuse the per-unit
+coefficient gradients $\sum_{\text{rows}} g\, u_k(s(x))$ (a reduction over the outer axis)
+with the pointwise $\partial L/\partial x$, so its backward reads $x$ and $g$ twice and
+writes $s(x)$ in between (:func:`permsym.layers.poly_autograd.compiled_kernels`). The
+kernels here are generated per recurrence as C++ over ``at::vec::Vectorized`` (the vector
+type inductor's own kernels use) and built by inductor's C++ toolchain (same compiler,
+flags and on-disk cache as ``torch.compile``):
+
+* forward: one sweep, $y = \sum_k a_k u_k(s(x))$;
+* backward: one sweep that writes $g \cdot f'(s(x)) \cdot s'(x)$ and adds $g\,u_k$ into
+  per-unit accumulators (float32 partial sums over 64 rows, then float64; per-thread
+  buffers summed in thread order, so a run is deterministic for a given thread count).
+
+Inputs use the canonical layouts of the compiled path: per-unit ``(B, C, S)`` (rows layout
+when ``S == 1``: units along the vector lanes; runs layout otherwise: each ``(b, c)`` run
+of ``S`` elements with broadcast coefficients) and shared ``(N,)`` (one run, ``C = 1``).
+Runs are cut into pieces of :data:`PIECE` elements, the unit of work of a thread.
+
+Maps with a native form: identity, tanh, softplus, erf, arcsine. Others (the exponential
+map of Laguerre ``domain="gauss"``), other devices and other dtypes use inductor's kernels.
+The calls go through ``torch.library`` custom ops, so an outer ``torch.compile`` sees
+opaque operators with known output shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from permsym.layers.poly_maps import half_pi_coefficients
+
+NATIVE_MAPS = ("identity", "tanh", "softplus", "erf", "arcsine")
+ENABLED = True
+"""Switch for the native kernels (``False``: ``compile=True`` uses inductor's kernels only)."""
+
+PIECE = 4096  # elements of a run per task (runs layout)
+_FLUSH_ROWS = 64  # rows layout: float32 partial sums are moved to float64 every this many rows
+_CTYPE = {torch.float32: "float", torch.float64: "double"}
+_RECURRENCES: dict[str, Any] = {}
+_BUILT: dict[tuple, Any] = {}
+
+
+def supports(x: torch.Tensor, rec: Any) -> bool:
+    """True when the native kernels handle ``x`` (CPU, float32/float64) and ``rec``'s map."""
+    return ENABLED and x.device.type == "cpu" and x.dtype in _CTYPE and rec.map_name in NATIVE_MAPS
+
+
+def register(rec: Any) -> None:
+    """Make ``rec`` findable by ``rec.key`` (custom ops take strings, not dataclasses)."""
+    _RECURRENCES.setdefault(rec.key, rec)
+
+
+# --------------------------------------------------------------------------- code generation
+
+
+def _lit(value: float) -> str:
+    return f"T({float(value)!r})"
+
+
+def _map_lines(name: str, single: bool, need_d: bool) -> list[str]:
+    """C++ lines defining ``t`` = s(x) and, when ``need_d``, ``d`` = s'(x) from ``xv``."""
+    if name == "identity":
+        return ["const Vec t = xv;"]
+    if name == "tanh":
+        lines = ["const Vec t = xv.tanh();"]
+        return lines + (["const Vec d = Vec(T(1)) - t * t;"] if need_d else [])
+    if name == "softplus":  # log(1 + e^x) = max(x, 0) + log1p(e^-|x|); s' = 1 / (1 + e^-x)
+        lines = ["const Vec t = at::vec::maximum(xv, Vec(T(0))) + (-xv.abs()).exp().log1p();"]
+        return lines + (["const Vec d = Vec(T(1)) / (Vec(T(1)) + (-xv).exp());"] if need_d else [])
+    gauss = f"(xv * xv * {_lit(-0.5)}).exp()"
+    if name == "erf":
+        lines = [f"const Vec t = (xv * {_lit(1 / math.sqrt(2))}).erf();"]
+        return lines + ([f"const Vec d = {gauss} * {_lit(math.sqrt(2 / math.pi))};"] if need_d else [])
+    if name == "arcsine":  # t = sin(pi/2 e), s' = cos(pi/2 e) * (pi/2) sqrt(2/pi) e^{-x^2/2}
+        lines = [f"const Vec ev = (xv * {_lit(1 / math.sqrt(2))}).erf();", "const Vec ev2 = ev * ev;"]
+        lines.append(f"const Vec t = {_horner(half_pi_coefficients('sin', single), 'ev2')} * ev;")
+        if need_d:
+            scale = 0.5 * math.pi * math.sqrt(2 / math.pi)
+            lines.append(f"const Vec d = {_horner(half_pi_coefficients('cos', single), 'ev2')} * {gauss} * {_lit(scale)};")
+        return lines
+    raise ValueError(f"no native form for map {name!r}")
+
+
+def _horner(coeffs: list[float], var: str) -> str:
+    expr = f"Vec({_lit(coeffs[-1])})"
+    for c in reversed(coeffs[:-1]):
+        expr = f"fmadd({expr}, {var}, Vec({_lit(c)}))"
+    return expr
+
+
+def _recurrence_lines(rec: Any, count: int) -> list[str]:
+    """Lines defining ``u1 .. u{count}`` from ``t`` ($u_0 = 1$)."""
+    if count < 1:
+        return []
+    scale, shift = rec.first
+    lines = [f"const Vec u1 = fmadd(t, Vec({_lit(scale)}), Vec({_lit(shift)}));"]
+    factors: dict[tuple[float, float], str] = {}
+    for n, (v, w) in enumerate(rec.steps[: count - 1], start=1):
+        if (v, w) not in factors:  # v t + w, shared by the steps that use it (Chebyshev: 2)
+            factors[(v, w)] = f"f{len(factors)}"
+            value = f"t * Vec({_lit(v)})" if not w else f"fmadd(t, Vec({_lit(v)}), Vec({_lit(w)}))"
+            lines.append(f"const Vec {factors[(v, w)]} = {value};")
+        prev = "Vec(T(1))" if n == 1 else f"u{n - 1}"
+        lines.append(f"const Vec u{n + 1} = fmadd({factors[(v, w)]}, u{n}, {prev});")
+    return lines
+
+
+def _coefficient(rows: bool, k: int, name: str) -> str:
+    return f"Vec::loadu({name} + {k} * C + c, n)" if rows else f"{name}_{k}"
+
+
+def _forward_body(rec: Any, size: int, single: bool, rows: bool) -> list[str]:
+    lines = _map_lines(rec.map_name, single, False) + _recurrence_lines(rec, size - 1)
+    y = _coefficient(rows, 0, "a")
+    for k in range(1, size):
+        y = f"fmadd({_coefficient(rows, k, 'a')}, u{k}, {y})"
+    return lines + [f"({y}).store(y + i, n);"]
+
+
+def _backward_body(rec: Any, size: int, single: bool, rows: bool, need_x: bool, need_a: bool) -> list[str]:
+    highest = size - 1 if need_a else size - 2
+    lines = ["const Vec gv = Vec::loadu(g + i, n);"]
+    lines += _map_lines(rec.map_name, single, need_x) + _recurrence_lines(rec, highest)
+    if need_x:
+        dy = _coefficient(rows, 0, "e")
+        for k in range(1, size - 1):
+            dy = f"fmadd({_coefficient(rows, k, 'e')}, u{k}, {dy})"
+        d = "" if rec.map_name == "identity" else " * d"
+        lines.append(f"(({dy}) * gv{d}).store(gx + i, n);")
+    if need_a:
+        for k in range(size):
+            term = "gv" if k == 0 else f"gv * u{k}"
+            if rows:
+                lines.append(f"(Vec::loadu(acc + {k} * Cp + c) + {term}).store(acc + {k} * Cp + c);")
+            else:
+                lines.append(f"r{k} = fmadd(gv, u{k}, r{k});" if k else f"r0 = r0 + gv;")
+    return lines
+
+
+_PRELUDE = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+#include <algorithm>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+using T = {ctype};
+using Vec = at::vec::Vectorized<T>;
+using at::vec::fmadd;
+constexpr int64_t V = Vec::size();
+static inline int thread_id() {{
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}}
+"""
+
+_FORWARD_ROWS = r"""
+extern "C" void kernel(const T* x, const T* a, T* y, int64_t B, int64_t C, int64_t S, int64_t threads) {{
+  #pragma omp parallel for num_threads(threads) if(threads > 1) schedule(static)
+  for (int64_t b = 0; b < B; ++b) {{
+    for (int64_t c = 0; c < C; c += V) {{
+      const int64_t n = std::min<int64_t>(V, C - c);
+      const int64_t i = b * C + c;
+      const Vec xv = Vec::loadu(x + i, n);
+      {body}
+    }}
+  }}
+}}
+"""
+
+_RUN_TASKS = r"""
+  const int64_t pieces = (S + {piece} - 1) / {piece};
+  const int64_t tasks = B * C * pieces;
+"""
+
+_FORWARD_RUNS = r"""
+extern "C" void kernel(const T* x, const T* a, T* y, int64_t B, int64_t C, int64_t S, int64_t threads) {{
+  {tasks}
+  #pragma omp parallel for num_threads(threads) if(threads > 1) schedule(static)
+  for (int64_t task = 0; task < tasks; ++task) {{
+    const int64_t run = task / pieces, c = run % C;
+    const int64_t lo = run * S + (task % pieces) * {piece};
+    const int64_t hi = std::min(lo + {piece}, (run + 1) * S);
+    {coefficients}
+    for (int64_t i = lo; i < hi; i += V) {{
+      const int64_t n = std::min<int64_t>(V, hi - i);
+      const Vec xv = Vec::loadu(x + i, n);
+      {body}
+    }}
+  }}
+}}
+"""
+
+_BACKWARD_ROWS = r"""
+extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, int64_t B, int64_t C, int64_t S, int64_t threads) {{
+  const int64_t K = {size}, Cp = (C + V - 1) / V * V;
+  std::vector<double> part({need_a} ? threads * K * C : 0, 0.0);
+  #pragma omp parallel num_threads(threads) if(threads > 1)
+  {{
+    std::vector<T> acc_buffer({need_a} ? K * Cp : 0, T(0));
+    T* acc = acc_buffer.data();
+    double* mine = part.data() + thread_id() * K * C;
+    int64_t pending = 0;
+    auto flush = [&]() {{
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t c = 0; c < C; ++c) {{ mine[k * C + c] += acc[k * Cp + c]; acc[k * Cp + c] = T(0); }}
+      pending = 0;
+    }};
+    #pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {{
+      for (int64_t c = 0; c < C; c += V) {{
+        const int64_t n = std::min<int64_t>(V, C - c);
+        const int64_t i = b * C + c;
+        const Vec xv = Vec::loadu(x + i, n);
+        {body}
+      }}
+      if ({need_a} && ++pending == {flush_rows}) flush();
+    }}
+    if ({need_a}) flush();
+  }}
+  if ({need_a}) {{
+    std::fill(ga, ga + K * C, 0.0);
+    for (int64_t p = 0; p < threads; ++p)
+      for (int64_t j = 0; j < K * C; ++j) ga[j] += part[p * K * C + j];
+  }}
+}}
+"""
+
+_BACKWARD_RUNS = r"""
+extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, int64_t B, int64_t C, int64_t S, int64_t threads) {{
+  const int64_t K = {size};
+  {tasks}
+  std::vector<double> part({need_a} ? threads * K * C : 0, 0.0);
+  #pragma omp parallel num_threads(threads) if(threads > 1)
+  {{
+    double* mine = part.data() + thread_id() * K * C;
+    #pragma omp for schedule(static)
+    for (int64_t task = 0; task < tasks; ++task) {{
+      const int64_t run = task / pieces, c = run % C;
+      const int64_t lo = run * S + (task % pieces) * {piece};
+      const int64_t hi = std::min(lo + {piece}, (run + 1) * S);
+      {coefficients}
+      {accumulators}
+      for (int64_t i = lo; i < hi; i += V) {{
+        const int64_t n = std::min<int64_t>(V, hi - i);
+        const Vec xv = Vec::loadu(x + i, n);
+        {body}
+      }}
+      {reduce}
+    }}
+  }}
+  if ({need_a}) {{
+    std::fill(ga, ga + K * C, 0.0);
+    for (int64_t p = 0; p < threads; ++p)
+      for (int64_t j = 0; j < K * C; ++j) ga[j] += part[p * K * C + j];
+  }}
+}}
+"""
+
+
+def _broadcasts(name: str, count: int) -> str:
+    return " ".join(f"const Vec {name}_{k}({name}[{k} * C + c]);" for k in range(count))
+
+
+def forward_source(rec: Any, size: int, dtype: torch.dtype, rows: bool) -> str:
+    """C++ source of the forward kernel (``size`` = degree + 1 coefficients)."""
+    single = dtype == torch.float32
+    body = "\n      ".join(_forward_body(rec, size, single, rows))
+    prelude = _PRELUDE.format(ctype=_CTYPE[dtype])
+    if rows:
+        return prelude + _FORWARD_ROWS.format(body=body)
+    tasks = _RUN_TASKS.format(piece=PIECE)
+    return prelude + _FORWARD_RUNS.format(body=body, tasks=tasks, piece=PIECE, coefficients=_broadcasts("a", size))
+
+
+def backward_source(rec: Any, size: int, dtype: torch.dtype, rows: bool, need_x: bool, need_a: bool) -> str:
+    """C++ source of the backward kernel; ``ga`` gets $\\sum g\\,u_k$ per unit (float64)."""
+    single = dtype == torch.float32
+    body = "\n        ".join(_backward_body(rec, size, single, rows, need_x, need_a))
+    prelude = _PRELUDE.format(ctype=_CTYPE[dtype])
+    flag = "true" if need_a else "false"
+    if rows:
+        return prelude + _BACKWARD_ROWS.format(body=body, size=size, need_a=flag, flush_rows=_FLUSH_ROWS)
+    accumulators = " ".join(f"Vec r{k}(T(0));" for k in range(size)) if need_a else ""
+    reduce = ""
+    if need_a:
+        reduce = "alignas(64) T lanes[V]; " + " ".join(
+            f"r{k}.store(lanes); for (int64_t l = 0; l < V; ++l) mine[{k} * C + c] += lanes[l];" for k in range(size)
+        )
+    return prelude + _BACKWARD_RUNS.format(
+        body=body, size=size, need_a=flag, tasks=_RUN_TASKS.format(piece=PIECE), piece=PIECE,
+        coefficients=_broadcasts("e", max(size - 1, 1)) if need_x else "", accumulators=accumulators, reduce=reduce,
+    )
+
+
+def _kernel(kind: str, rec: Any, size: int, dtype: torch.dtype, rows: bool, need_x: bool = True, need_a: bool = True) -> Any:
+    key = (kind, rec, size, dtype, rows, need_x, need_a)
+    if key not in _BUILT:
+        from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+        ptr = f"{_CTYPE[dtype]}*"
+        if kind == "forward":
+            source = forward_source(rec, size, dtype, rows)
+            args = [f"const {ptr}", f"const {ptr}", ptr]
+        else:
+            source = backward_source(rec, size, dtype, rows, need_x, need_a)
+            args = [f"const {ptr}", f"const {ptr}", f"const {ptr}", ptr, "double*"]
+        _BUILT[key] = CppPythonBindingsCodeCache.load_pybinding([*args, "int64_t", "int64_t", "int64_t", "int64_t"], source)
+    return _BUILT[key]
+
+
+# --------------------------------------------------------------------------- custom ops
+
+
+def _dims(x: torch.Tensor) -> tuple[int, int, int, bool]:
+    """``(B, C, S, rows)`` of a canonical input: ``(B, C, S)`` per unit or ``(N,)`` shared."""
+    if x.dim() == 1:
+        return 1, 1, x.shape[0], False
+    b, c, s = x.shape
+    return b, c, s, s == 1
+
+
+@torch.library.custom_op("permsym::orthopoly_forward", mutates_args=())
+def native_forward(x: torch.Tensor, a: torch.Tensor, key: str) -> torch.Tensor:
+    """$y = \\sum_k a_k u_k(s(x))$; ``a``: ``(K, C)`` per unit or ``(K,)`` shared, in ``x``'s dtype."""
+    b, c, s, rows = _dims(x)
+    y = torch.empty_like(x)
+    if x.numel():
+        kernel = _kernel("forward", _RECURRENCES[key], a.shape[0], x.dtype, rows)
+        kernel(x, a.contiguous(), y, b, c, s, torch.get_num_threads())
+    return y
+
+
+@native_forward.register_fake
+def _(x, a, key):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("permsym::orthopoly_backward", mutates_args=())
+def native_backward(
+    x: torch.Tensor, g: torch.Tensor, e: torch.Tensor, size: int, key: str, need_x: bool, need_a: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_x, ga)``: ``grad_x`` (empty unless ``need_x``) and ``ga`` = $\\sum g\\,u_k$,
+    float64 ``(size, C)`` (zeros unless ``need_a``); ``e``: derivative coefficients."""
+    b, c, s, rows = _dims(x)
+    grad_x = torch.empty_like(x) if need_x else x.new_empty(0)
+    ga = torch.zeros((size, c), dtype=torch.float64, device=x.device)
+    if x.numel() and (need_x or need_a):
+        kernel = _kernel("backward", _RECURRENCES[key], size, x.dtype, rows, need_x, need_a)
+        kernel(x, g, e.contiguous(), grad_x, ga, b, c, s, torch.get_num_threads())
+    return grad_x, ga
+
+
+@native_backward.register_fake
+def _(x, g, e, size, key, need_x, need_a):
+    c = 1 if x.dim() == 1 else x.shape[1]
+    return (torch.empty_like(x) if need_x else x.new_empty(0)), x.new_empty((size, c), dtype=torch.float64)
