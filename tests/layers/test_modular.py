@@ -65,8 +65,16 @@ def test_block_plan_uses_windows_for_rings_only():
     ring = permsym.build("modular:3-2,modules=6,width=2,links=2,wiring=ring")
     plan = block_plan(ring.sources.tolist(), 2)
     # interior modules 1..4 read modules m-1, m, m+1; the two edge modules use runs
-    assert plan.window is not None and plan.window[:3] == (1, 4, 1)
-    assert {dst for _, dst, _, _ in plan.edges} == {0, 5}
+    win = plan.window
+    assert win is not None and (win.low, win.high, win.first, win.count) == (-1, 1, 1, 4)
+    # module m reads offsets -1, 0, +1: blocks of link 2 (offset -1), own, link 1 (+1)
+    assert win.blocks == (2, 0, 1)
+    # the edge modules 0 and 5 (their rows wrap around) use one product per block
+    assert sorted((dst, src) for _, dst, src, _ in win.edges) == [(0, 0), (0, 1), (0, 5), (5, 0), (5, 4), (5, 5)]
+    # input gradients: modules 1..4 from the gradient rows of modules m-1, m, m+1 (offsets
+    # +1, 0, -1); modules 0 and 5 from products with the modules they feed
+    assert win.back_first == 1 and [o for o, _ in win.back_order()] == [1, 0, -1]
+    assert sorted((src, dst) for _, dst, src, _ in win.back_edges) == [(0, 0), (0, 1), (0, 5), (5, 0), (5, 4), (5, 5)]
     rand = permsym.build("modular:3-2,modules=6,width=2,links=2,wiring=random,seed=2")
     assert block_plan(rand.sources.tolist(), 2).window is None
     # runs partition the modules of every link

@@ -11,12 +11,13 @@ a fused ReLU. Nothing is gathered or transposed and no dense ``(M W)^2`` matrix 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["BlockPlan", "block_plan", "link_runs", "module_blocks"]
+__all__ = ["BlockPlan", "Window", "block_plan", "link_runs", "module_blocks"]
 
 _IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
 """Activations whose in-place form autograd differentiates from the output alone."""
@@ -33,7 +34,7 @@ class _LinearReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(xt, weight, bias):  # noqa: D102
-        return _gemm(weight, xt, bias).relu_()
+        return _bias_act(torch.mm(weight, xt), bias, True)
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # noqa: D102
@@ -51,6 +52,13 @@ class _LinearReLU(torch.autograd.Function):
         grad_w = g @ xt.T if ctx.needs_input_grad[1] else None
         grad_b = g.sum(1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
+
+
+def _bias_act(out: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    """``out + bias`` then ReLU, in place and in one pass (``bias`` broadcast)."""
+    if bias is None:
+        return out.relu_() if relu else out
+    return torch.ops.aten._add_relu_(out, bias) if relu else out.add_(bias)
 
 
 def _feature_major_act(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -86,20 +94,47 @@ def link_runs(sources: list[list[int]]) -> tuple[tuple[int, int, int, int], ...]
 
 
 @dataclass(frozen=True)
+class Window:
+    """Products of a ring-like wiring, where module $m$ reads modules $m + o$ for the
+    offsets $o = $ ``low .. high`` (``blocks[i]``: the weight block of offset ``low + i``).
+
+    Forward and weight gradient: modules ``first .. first + count - 1`` read contiguous
+    rows of the hidden state (one ``bmm`` over a strided window, $(1 + K) W$ wide); the
+    other modules, whose rows wrap around, use ``edges``: ``(block, dst, src, 1)`` products.
+    Input gradient, the transposed products: module $m$ collects from modules $m - o$,
+    ``back_first .. back_first + count - 1`` from a window of the gradient, the others
+    through the ``back_edges`` products. (Gathering the few wrapped rows into one more
+    ``bmm`` was measured slower: the copies cost more than the small products.)
+    """
+
+    low: int
+    high: int
+    blocks: tuple[int, ...]
+    first: int
+    count: int
+    edges: tuple[tuple[int, int, int, int], ...]
+    back_first: int
+    back_edges: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def span(self) -> int:
+        return len(self.blocks)
+
+    def back_order(self) -> list[tuple[int, int]]:
+        """``(offset, block)`` of the modules an input gradient collects from, in row order."""
+        return [(o, self.blocks[o - self.low]) for o in range(self.high, self.low - 1, -1)]
+
+
+@dataclass(frozen=True)
 class BlockPlan:
     """How :class:`_ModuleBlocks` computes a layer for one wiring (static, hashable).
 
-    ``runs``: :func:`link_runs` of every block (own block first). ``window``: for wirings
-    whose sources sit at the same offsets $-a..b$ around every module (rings), ``(first,
-    count, a, perm)``: modules ``first .. first + count - 1`` read the contiguous rows of
-    modules ``m - a .. m + b``, so their forward and weight-gradient products are one
-    ``bmm`` each with $(1 + K) W$ wide operands (``perm`` orders the weight columns by
-    offset); ``edges`` are the runs of the other modules. ``None`` when not a window wiring.
+    ``runs``: :func:`link_runs` of every block (own block first), used when the wiring has
+    no :class:`Window` (``window is None``: random and small-world wirings).
     """
 
     runs: tuple[tuple[int, int, int, int], ...]
-    window: tuple[int, int, int, tuple[int, ...]] | None = None
-    edges: tuple[tuple[int, int, int, int], ...] = ()
+    window: Window | None = None
 
 
 def block_plan(sources: list[list[int]], width: int) -> BlockPlan:
@@ -117,49 +152,84 @@ def block_plan(sources: list[list[int]], width: int) -> BlockPlan:
     count = modules - (high - low)
     if count < 2:
         return BlockPlan(runs)
-    perm = tuple(offsets.index(o) * width + i for o in range(low, high + 1) for i in range(width))
-    edge_modules = [m for m in range(modules) if not -low <= m < -low + count]
-    edges = tuple((k, m, m if k == 0 else sources[m][k - 1], 1) for m in edge_modules for k in range(links + 1))
-    return BlockPlan(runs, (-low, count, -low, perm), edges)
+    products = [(k, m, m if k == 0 else sources[m][k - 1], 1) for m in range(modules) for k in range(links + 1)]
+    edges = tuple(p for p in products if not -low <= p[1] < -low + count)
+    back_edges = tuple(p for p in products if not high <= p[2] < high + count)
+    blocks = tuple(offsets.index(o) for o in range(low, high + 1))
+    return BlockPlan(runs, Window(low, high, blocks, -low, count, edges, high, back_edges))
 
 
 def _block(w: torch.Tensor, k: int, dst: int, n: int, width: int) -> torch.Tensor:
     return w[dst : dst + n, :, k * width : (k + 1) * width]
 
 
+def _block_cat(w: torch.Tensor, blocks: Sequence[int], width: int) -> torch.Tensor:
+    """Columns of ``w`` ``(.., W, (1 + K) W)`` with its ``W``-wide blocks in ``blocks`` order."""
+    return torch.cat([w[..., k * width : (k + 1) * width] for k in blocks], dim=-1)
+
+
 class _ModuleBlocks(torch.autograd.Function):
     r"""$y_m = b_m + W_{m,0} h_m + \sum_k W_{m,k} h_{s(m,k)}$ on feature-major ``(M, W, N)``
     tensors, the blocks of ``w`` laid out ``(M, W_out, (1 + K) W_in)``.
 
-    Forward and backward use only ``bmm``/``baddbmm_`` on contiguous slices or strided
-    windows of ``h``: nothing is gathered or transposed; autograd saves ``h`` and ``w``.
+    Forward and backward use ``bmm``/``baddbmm_`` on contiguous slices or strided windows of
+    ``h``: nothing is gathered or transposed, no dense ``(M W)^2`` matrix is formed;
+    autograd saves ``h`` and ``w``.
     """
 
     @staticmethod
     def forward(h, w, bias, plan, relu):  # noqa: D102
-        out = _ModuleBlocks._blocks(h, w, bias, plan)
-        return out.relu_() if relu else out
+        # block products first, then bias and ReLU in one pass over the output
+        out = _ModuleBlocks._blocks(h, w, plan)
+        return _bias_act(out, bias.unsqueeze(-1) if bias is not None else None, relu)
 
     @staticmethod
-    def _blocks(h, w, bias, plan):
+    def _blocks(h, w, plan):
         width = h.shape[1]
-        if plan.window is None:
-            out = torch.bmm(w[..., :width], h) if bias is None else torch.baddbmm(bias.unsqueeze(-1), w[..., :width], h)
+        win = plan.window
+        if win is None:
+            out = torch.bmm(w[..., :width], h)
             for k, dst, src, n in plan.runs[1:]:
                 out[dst : dst + n].baddbmm_(_block(w, k, dst, n, width), h[src : src + n])
             return out
-        first, count, _, _ = plan.window
         out = torch.empty_like(h)
-        inner = slice(first, first + count)
-        if bias is None:
-            torch.bmm(_window_weights(w, plan), _window(h, plan), out=out[inner])
-        else:
-            torch.baddbmm(bias[inner].unsqueeze(-1), _window_weights(w, plan), _window(h, plan), out=out[inner])
-        for m in {dst for _, dst, _, _ in plan.edges}:
-            out[m].copy_(bias[m].unsqueeze(-1).expand_as(out[m])) if bias is not None else out[m].zero_()
-        for k, dst, src, n in plan.edges:
-            out[dst : dst + n].baddbmm_(_block(w, k, dst, n, width), h[src : src + n])
+        inner = slice(win.first, win.first + win.count)
+        torch.bmm(_block_cat(w[inner], win.blocks, width), _window(h, win.first + win.low, win), out=out[inner])
+        _accumulate(out, w, h, win.edges, transposed=False)
         return out
+
+    @staticmethod
+    def _input_grad(g, w, plan):
+        r"""$\partial L / \partial h_m = \sum_{(j, k): s(j, k) = m} W_{j,k}^T g_j$."""
+        width = g.shape[1]
+        win = plan.window
+        if win is None:
+            grad_h = torch.bmm(w[..., :width].mT, g)
+            for k, dst, src, n in plan.runs[1:]:
+                grad_h[src : src + n].baddbmm_(_block(w, k, dst, n, width).mT, g[dst : dst + n])
+            return grad_h
+        grad_h = torch.empty_like(g)
+        order = win.back_order()
+        first, count = win.back_first, win.count
+        weights = torch.cat([_block(w, k, first - o, count, width).mT for o, k in order], dim=2)
+        torch.bmm(weights, _window(g, first - win.high, win), out=grad_h[first : first + count])
+        _accumulate(grad_h, w, g, win.back_edges, transposed=True)
+        return grad_h
+
+    @staticmethod
+    def _weight_grad(g, h, w, plan):
+        width = h.shape[1]
+        grad_w = torch.empty_like(w)  # every block is written: runs (or window + edges) cover each
+        win = plan.window
+        if win is None:
+            for k, dst, src, n in plan.runs:
+                _block(grad_w, k, dst, n, width).copy_(torch.bmm(g[dst : dst + n], h[src : src + n].mT))
+            return grad_w
+        inner = slice(win.first, win.first + win.count)
+        _scatter_blocks(grad_w[inner], torch.bmm(g[inner], _window(h, win.first + win.low, win).mT), win.blocks)
+        for k, dst, src, n in win.edges:
+            _block(grad_w, k, dst, n, width).copy_(torch.bmm(g[dst : dst + n], h[src : src + n].mT))
+        return grad_w
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # noqa: D102
@@ -176,48 +246,38 @@ class _ModuleBlocks(torch.autograd.Function):
         g = g.contiguous()
         if out is not None:  # relu epilogue: mask the incoming gradient in place (see module_blocks)
             torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
-        width = h.shape[1]
-        grad_h = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_h = torch.bmm(w[..., :width].mT, g)
-            for k, dst, src, n in plan.runs[1:]:
-                grad_h[src : src + n].baddbmm_(_block(w, k, dst, n, width).mT, g[dst : dst + n])
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.empty_like(w)  # every block is written: runs cover each link once
-            blocks = plan.runs
-            if plan.window is not None:
-                first, count, _, perm = plan.window
-                inner = torch.bmm(g[first : first + count], _window(h, plan).mT)
-                grad_w[first : first + count] = inner.index_select(2, _inverse(perm, inner.device))
-                blocks = plan.edges
-            for k, dst, src, n in blocks:
-                _block(grad_w, k, dst, n, width).copy_(torch.bmm(g[dst : dst + n], h[src : src + n].mT))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(-1)
+        grad_h = _ModuleBlocks._input_grad(g, w, plan) if ctx.needs_input_grad[0] else None
+        grad_w = _ModuleBlocks._weight_grad(g, h, w, plan) if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(-1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_h, grad_w, grad_b, None, None
 
 
-def _window(h: torch.Tensor, plan: BlockPlan) -> torch.Tensor:
-    """``(count, (1 + K) W, N)`` overlapping view: rows of modules ``m - a .. m + b``."""
-    assert plan.window is not None
-    first, count, before, perm = plan.window
-    _, width, batch = h.shape
-    return h.as_strided(
-        (count, len(perm), batch), (width * batch, batch, 1), h.storage_offset() + (first - before) * width * batch
-    )
+def _window(t: torch.Tensor, start: int, win: Window) -> torch.Tensor:
+    """``(count, span W, N)`` overlapping view of ``(M, W, N)``: entry ``i`` holds the rows of
+    modules ``start + i .. start + i + span - 1`` (no copy)."""
+    _, width, batch = t.shape
+    shape = (win.count, win.span * width, batch)
+    return t.as_strided(shape, (width * batch, batch, 1), t.storage_offset() + start * width * batch)
 
 
-def _window_weights(w: torch.Tensor, plan: BlockPlan) -> torch.Tensor:
-    assert plan.window is not None
-    first, count, _, perm = plan.window
-    return w[first : first + count].index_select(2, torch.tensor(perm, device=w.device))
+def _accumulate(out: torch.Tensor, w: torch.Tensor, t: torch.Tensor, products, *, transposed: bool) -> None:
+    """Zero the modules the ``(block, dst, src, n)`` products write, then add them:
+    ``out[dst] += W_{dst,block} t[src]``, or ``out[src] += W_{dst,block}^T t[dst]``."""
+    width = t.shape[1]
+    for m in {src if transposed else dst for _, dst, src, _ in products}:
+        out[m].zero_()
+    for k, dst, src, n in products:
+        if transposed:
+            out[src : src + n].baddbmm_(_block(w, k, dst, n, width).mT, t[dst : dst + n])
+        else:
+            out[dst : dst + n].baddbmm_(_block(w, k, dst, n, width), t[src : src + n])
 
 
-def _inverse(perm: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    inv = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inv[p] = i
-    return torch.tensor(inv, device=device)
+def _scatter_blocks(dst: torch.Tensor, src: torch.Tensor, blocks: Sequence[int]) -> None:
+    """Write ``src``'s ``W``-wide column blocks (in ``blocks`` order) into ``dst``'s layout."""
+    width = dst.shape[1]
+    for j, k in enumerate(blocks):
+        dst[..., k * width : (k + 1) * width].copy_(src[..., j * width : (j + 1) * width])
 
 
 def module_blocks(
