@@ -38,6 +38,7 @@ ENABLED = True
 """Switch for the native kernels (``False``: ``compile=True`` uses inductor's kernels only)."""
 
 PIECE = 4096  # elements of a run per task (runs layout)
+ROW_BLOCK = 8  # rows layout: rows per block (coefficients and sums stay in registers over it)
 _FLUSH_ROWS = 64  # rows layout: float32 partial sums are moved to float64 every this many rows
 _CTYPE = {torch.float32: "float", torch.float64: "double"}
 _RECURRENCES: dict[str, Any] = {}
@@ -129,35 +130,29 @@ def _recurrence_lines(rec: Any, count: int) -> list[str]:
     return lines
 
 
-def _coefficient(rows: bool, k: int, name: str) -> str:
-    return f"Vec::loadu({name} + {k} * C + c, n)" if rows else f"{name}_{k}"
-
-
-def _forward_body(rec: Any, size: int, single: bool, rows: bool) -> list[str]:
+def _forward_body(rec: Any, size: int, single: bool) -> list[str]:
+    """Lines computing and storing ``y`` at ``i`` from ``xv``, coefficients ``a_k``."""
     lines = _map_lines(rec.map_name, single, False) + _recurrence_lines(rec, size - 1)
-    y = _coefficient(rows, 0, "a")
+    y = "a_0"
     for k in range(1, size):
-        y = f"fmadd({_coefficient(rows, k, 'a')}, u{k}, {y})"
+        y = f"fmadd(a_{k}, u{k}, {y})"
     return lines + [f"({y}).store(y + i, n);"]
 
 
-def _backward_body(rec: Any, size: int, single: bool, rows: bool, need_x: bool, need_a: bool) -> list[str]:
+def _backward_body(rec: Any, size: int, single: bool, need_x: bool, need_a: bool) -> list[str]:
+    """Lines storing ``grad_x`` at ``i`` (coefficients ``e_k``) and adding $g \\, u_k$ into
+    the register accumulators ``r_k``."""
     highest = size - 1 if need_a else size - 2
     lines = ["const Vec gv = Vec::loadu(g + i, n);"]
     lines += _map_lines(rec.map_name, single, need_x) + _recurrence_lines(rec, highest)
     if need_x:
-        dy = _coefficient(rows, 0, "e")
+        dy = "e_0"
         for k in range(1, size - 1):
-            dy = f"fmadd({_coefficient(rows, k, 'e')}, u{k}, {dy})"
+            dy = f"fmadd(e_{k}, u{k}, {dy})"
         d = "" if rec.map_name == "identity" else " * d"
         lines.append(f"(({dy}) * gv{d}).store(gx + i, n);")
     if need_a:
-        for k in range(size):
-            term = "gv" if k == 0 else f"gv * u{k}"
-            if rows:
-                lines.append(f"(Vec::loadu(acc + {k} * Cp + c) + {term}).store(acc + {k} * Cp + c);")
-            else:
-                lines.append(f"r{k} = fmadd(gv, u{k}, r{k});" if k else f"r0 = r0 + gv;")
+        lines += ["r_0 = r_0 + gv;"] + [f"r_{k} = fmadd(gv, u{k}, r_{k});" for k in range(1, size)]
     return lines
 
 
@@ -172,8 +167,6 @@ using T = {ctype};
 using Vec = at::vec::Vectorized<T>;
 using at::vec::fmadd;
 constexpr int64_t V = Vec::size();
-// 1 / v for v >= 1: the AVX-512 14-bit estimate and one Newton step (error ~2^-28, a
-// pipelined multiply-add pair where a division occupies the divider for ~16 cycles)
 static inline int thread_id() {{
 #ifdef _OPENMP
   return omp_get_thread_num();
@@ -186,12 +179,15 @@ static inline int thread_id() {{
 _FORWARD_ROWS = r"""
 extern "C" void kernel(const T* x, const T* a, T* y, int64_t B, int64_t C, int64_t S, int64_t threads) {{
   #pragma omp parallel for num_threads(threads) if(threads > 1) schedule(static)
-  for (int64_t b = 0; b < B; ++b) {{
+  for (int64_t b0 = 0; b0 < B; b0 += {block}) {{
+    const int64_t end = std::min(B, b0 + {block}) * C;
     for (int64_t c = 0; c < C; c += V) {{
       const int64_t n = std::min<int64_t>(V, C - c);
-      const int64_t i = b * C + c;
-      const Vec xv = Vec::loadu(x + i, n);
-      {body}
+      {coefficients}
+      for (int64_t i = b0 * C + c; i < end; i += C) {{
+        const Vec xv = Vec::loadu(x + i, n);
+        {body}
+      }}
     }}
   }}
 }}
@@ -236,14 +232,19 @@ extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, in
       pending = 0;
     }};
     #pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) {{
+    for (int64_t b0 = 0; b0 < B; b0 += {block}) {{
+      const int64_t end = std::min(B, b0 + {block}) * C;
       for (int64_t c = 0; c < C; c += V) {{
         const int64_t n = std::min<int64_t>(V, C - c);
-        const int64_t i = b * C + c;
-        const Vec xv = Vec::loadu(x + i, n);
-        {body}
+        {coefficients}
+        {accumulators}
+        for (int64_t i = b0 * C + c; i < end; i += C) {{
+          const Vec xv = Vec::loadu(x + i, n);
+          {body}
+        }}
+        {store}
       }}
-      if ({need_a} && ++pending == {flush_rows}) flush();
+      if ({need_a} && (pending += {block}) >= {flush_rows}) flush();
     }}
     if ({need_a}) flush();
   }}
@@ -291,34 +292,43 @@ def _broadcasts(name: str, count: int) -> str:
     return " ".join(f"const Vec {name}_{k}({name}[{k} * C + c]);" for k in range(count))
 
 
+def _loads(name: str, count: int) -> str:
+    return " ".join(f"const Vec {name}_{k} = Vec::loadu({name} + {k} * C + c, n);" for k in range(count))
+
+
 def forward_source(rec: Any, size: int, dtype: torch.dtype, rows: bool) -> str:
     """C++ source of the forward kernel (``size`` = degree + 1 coefficients)."""
-    single = dtype == torch.float32
-    body = "\n      ".join(_forward_body(rec, size, single, rows))
+    body = "\n        ".join(_forward_body(rec, size, dtype == torch.float32))
     prelude = _PRELUDE.format(ctype=_CTYPE[dtype])
     if rows:
-        return prelude + _FORWARD_ROWS.format(body=body)
+        return prelude + _FORWARD_ROWS.format(body=body, block=ROW_BLOCK, coefficients=_loads("a", size))
     tasks = _RUN_TASKS.format(piece=PIECE)
     return prelude + _FORWARD_RUNS.format(body=body, tasks=tasks, piece=PIECE, coefficients=_broadcasts("a", size))
 
 
 def backward_source(rec: Any, size: int, dtype: torch.dtype, rows: bool, need_x: bool, need_a: bool) -> str:
     """C++ source of the backward kernel; ``ga`` gets $\\sum g\\,u_k$ per unit (float64)."""
-    single = dtype == torch.float32
-    body = "\n        ".join(_backward_body(rec, size, single, rows, need_x, need_a))
+    body = "\n          ".join(_backward_body(rec, size, dtype == torch.float32, need_x, need_a))
     prelude = _PRELUDE.format(ctype=_CTYPE[dtype])
     flag = "true" if need_a else "false"
+    count = max(size - 1, 1) if need_x else 0
+    accumulators = " ".join(f"Vec r_{k}(T(0));" for k in range(size)) if need_a else ""
     if rows:
-        return prelude + _BACKWARD_ROWS.format(body=body, size=size, need_a=flag, flush_rows=_FLUSH_ROWS)
-    accumulators = " ".join(f"Vec r{k}(T(0));" for k in range(size)) if need_a else ""
+        store = " ".join(
+            f"(Vec::loadu(acc + {k} * Cp + c) + r_{k}).store(acc + {k} * Cp + c);" for k in range(size)
+        ) if need_a else ""
+        return prelude + _BACKWARD_ROWS.format(
+            body=body, size=size, need_a=flag, flush_rows=_FLUSH_ROWS, block=ROW_BLOCK,
+            coefficients=_loads("e", count), accumulators=accumulators, store=store,
+        )
     reduce = ""
     if need_a:
         reduce = "alignas(64) T lanes[V]; " + " ".join(
-            f"r{k}.store(lanes); for (int64_t l = 0; l < V; ++l) mine[{k} * C + c] += lanes[l];" for k in range(size)
+            f"r_{k}.store(lanes); for (int64_t l = 0; l < V; ++l) mine[{k} * C + c] += lanes[l];" for k in range(size)
         )
     return prelude + _BACKWARD_RUNS.format(
         body=body, size=size, need_a=flag, tasks=_RUN_TASKS.format(piece=PIECE), piece=PIECE,
-        coefficients=_broadcasts("e", max(size - 1, 1)) if need_x else "", accumulators=accumulators, reduce=reduce,
+        coefficients=_broadcasts("e", count), accumulators=accumulators, reduce=reduce,
     )
 
 
