@@ -10,8 +10,9 @@ flags and on-disk cache as ``torch.compile``):
 
 * forward: one sweep, $y = \sum_k a_k u_k(s(x))$;
 * backward: one sweep that writes $g \cdot f'(s(x)) \cdot s'(x)$ and adds $g\,u_k$ into
-  per-unit accumulators (float32 partial sums over 64 rows, then float64; per-thread
-  buffers summed in thread order, so a run is deterministic for a given thread count).
+  per-unit accumulators (in registers over a block of rows or a piece of a run, then
+  float32 partial sums over 64 rows, then float64; per-thread sums added in thread order,
+  so a run is deterministic for a given thread count).
 
 Inputs use the canonical layouts of the compiled path: per-unit ``(B, C, S)`` (rows layout
 when ``S == 1``: units along the vector lanes; runs layout otherwise: each ``(b, c)`` run
@@ -219,12 +220,19 @@ extern "C" void kernel(const T* x, const T* a, T* y, int64_t B, int64_t C, int64
 _BACKWARD_ROWS = r"""
 extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, int64_t B, int64_t C, int64_t S, int64_t threads) {{
   const int64_t K = {size}, Cp = (C + V - 1) / V * V;
-  std::vector<double> part({need_a} ? threads * K * C : 0, 0.0);
+  // thread 0 sums into ga, thread p > 0 into part[p - 1], added to ga in thread order below;
+  // the buffer is reused from call to call (no heap traffic) and, being thread_local, is
+  // used inside the parallel region only through the pointer
+  static thread_local std::vector<double> part_buffer;
+  part_buffer.assign({need_a} ? (threads - 1) * K * C : 0, 0.0);
+  double* const part = part_buffer.data();
+  if ({need_a}) std::fill(ga, ga + K * C, 0.0);
   #pragma omp parallel num_threads(threads) if(threads > 1)
   {{
-    std::vector<T> acc_buffer({need_a} ? K * Cp : 0, T(0));
+    static thread_local std::vector<T> acc_buffer;
+    acc_buffer.assign({need_a} ? K * Cp : 0, T(0));
     T* acc = acc_buffer.data();
-    double* mine = part.data() + thread_id() * K * C;
+    double* const mine = !{need_a} ? nullptr : thread_id() == 0 ? ga : part + (thread_id() - 1) * K * C;
     int64_t pending = 0;
     auto flush = [&]() {{
       for (int64_t k = 0; k < K; ++k)
@@ -248,11 +256,9 @@ extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, in
     }}
     if ({need_a}) flush();
   }}
-  if ({need_a}) {{
-    std::fill(ga, ga + K * C, 0.0);
-    for (int64_t p = 0; p < threads; ++p)
+  if ({need_a})
+    for (int64_t p = 0; p + 1 < threads; ++p)
       for (int64_t j = 0; j < K * C; ++j) ga[j] += part[p * K * C + j];
-  }}
 }}
 """
 
@@ -260,10 +266,16 @@ _BACKWARD_RUNS = r"""
 extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, int64_t B, int64_t C, int64_t S, int64_t threads) {{
   const int64_t K = {size};
   {tasks}
-  std::vector<double> part({need_a} ? threads * K * C : 0, 0.0);
+  // thread 0 sums into ga, thread p > 0 into part[p - 1], added to ga in thread order below;
+  // the buffer is reused from call to call (no heap traffic) and, being thread_local, is
+  // used inside the parallel region only through the pointer
+  static thread_local std::vector<double> part_buffer;
+  part_buffer.assign({need_a} ? (threads - 1) * K * C : 0, 0.0);
+  double* const part = part_buffer.data();
+  if ({need_a}) std::fill(ga, ga + K * C, 0.0);
   #pragma omp parallel num_threads(threads) if(threads > 1)
   {{
-    double* mine = part.data() + thread_id() * K * C;
+    double* const mine = !{need_a} ? nullptr : thread_id() == 0 ? ga : part + (thread_id() - 1) * K * C;
     #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {{
       const int64_t run = task / pieces, c = run % C;
@@ -279,11 +291,9 @@ extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, in
       {reduce}
     }}
   }}
-  if ({need_a}) {{
-    std::fill(ga, ga + K * C, 0.0);
-    for (int64_t p = 0; p < threads; ++p)
+  if ({need_a})
+    for (int64_t p = 0; p + 1 < threads; ++p)
       for (int64_t j = 0; j < K * C; ++j) ga[j] += part[p * K * C + j];
-  }}
 }}
 """
 
