@@ -12,7 +12,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 import permsym
 from permsym.layers import MaskedLinear
-from permsym.layers.modular import ModularMLP, block_plan, link_runs
+from permsym.layers.modular import ModularMLP, block_plan, link_runs, module_blocks
 from tests.assertions import assert_close_rel
 
 
@@ -53,6 +53,30 @@ def test_hand_written_backward_matches_plain_autograd(wiring, modules, links, ac
     assert_close_rel(got[0], dense_x, 1e-12, "dL/dx vs dense masked")
     for (name, _), g in zip(params.items(), got[1:], strict=True):
         assert_close_rel(g, ref_p[name], 1e-12, f"dL/d{name}")
+
+
+@pytest.mark.parametrize(("modules", "links", "depth"), [(8, 2, 4), (7, 3, 3), (5, 1, 4)])
+def test_ghosted_rings_match_the_dense_network(modules, links, depth):
+    # fused ReLUs on a ring: hidden states carry ghost copies of the wrap-around modules and
+    # every module's forward and weight-gradient product is one window bmm
+    net = permsym.build(f"modular:5-2,modules={modules},width=3,depth={depth},links={links},density=0.5,seed=2").double()
+    assert net._block_plan().window is not None
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    dense = net.to_masked_mlp()
+    y, y_ref = net(x), dense(x)
+    assert_close_rel(y, y_ref, 1e-12, "f")
+    got = torch.autograd.grad(y.square().sum(), [x, net.inp, net.weights])
+    ref = torch.autograd.grad(y_ref.square().sum(), [x, dense.fc1.weight, dense.fc2.weight])
+    assert_close_rel(got[0], ref[0], 1e-12, "dL/dx")
+    assert_close_rel(got[1].reshape(ref[1].shape), ref[1], 1e-12, "dL/d input layer")
+    assert_close_rel(net._dense(got[2][0] * net.masks[0]), ref[2], 1e-12, "dL/d first hidden layer")
+
+
+def test_ghost_in_refuses_a_tensor_without_room():
+    net = permsym.build("modular:3-2,modules=6,width=2,links=2")
+    h = torch.randn(6, 2, 5)
+    with pytest.raises(ValueError, match="ghost_in=True needs 1 \\+ 1 ghost modules"):
+        module_blocks(h, net.weights[0], None, net.sources, ghost_in=True)
 
 
 def test_gradcheck_of_a_small_ring():

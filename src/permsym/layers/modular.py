@@ -32,6 +32,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_tracing
 
 from permsym._errors import PermsymError, check_positive_int, check_probability
 from permsym.archs.activations import activation_form, make_activation, parse_activation
@@ -164,17 +165,28 @@ class ModularMLP(nn.Module):
         m, w = self.modules_, self.width
         # hidden state is feature-major: (M W, N), viewed (M, W, N) for the module blocks
         bias = self.inp_bias.reshape(-1, 1) if self.inp_bias is not None else None
-        if type(self.acts[0]) is nn.ReLU and not torch._C._are_functorch_transforms_active():
-            h = _LinearReLU.apply(x.T, self.inp.reshape(m * w, -1), bias)
+        plan = None if torch._C._are_functorch_transforms_active() else self._block_plan()
+        # with fused ReLUs throughout and a ring-like wiring, hidden states carry ghost
+        # copies of the wrap-around modules: every module block is then in one window bmm
+        fused = plan is not None and all(type(act) is nn.ReLU for act in self.acts)
+        ghosts = None
+        if fused and plan.window is not None and self.depth > 1 and not is_fx_tracing():
+            ghosts = plan.window.ghosts
+        if fused:
+            rows = (ghosts[0] * w, ghosts[1] * w) if ghosts is not None else None
+            h = _LinearReLU.apply(x.T, self.inp.reshape(m * w, -1), bias, rows)
         else:
             h = _feature_major_act(self.acts[0], _gemm(self.inp.reshape(m * w, -1), x.T, bias))
         h = h.view(m, w, -1)
-        plan = None if torch._C._are_functorch_transforms_active() else self._block_plan()
         for layer in range(self.depth - 1):
             bias = self.biases[layer] if self.biases is not None else None
             act = self.acts[layer + 1]
             relu = type(act) is nn.ReLU
-            h = module_blocks(h, self.weights[layer] * self.masks[layer], bias, self.sources, plan, relu=relu)
+            ghost_in, ghost_out = ghosts is not None, ghosts is not None and layer < self.depth - 2
+            h = module_blocks(
+                h, self.weights[layer] * self.masks[layer], bias, self.sources, plan,
+                relu=relu, ghost_in=ghost_in, ghost_out=ghost_out,
+            )
             h = h if relu else _feature_major_act(act, h)
         bias = self.out.bias.unsqueeze(1) if self.out.bias is not None else None
         # y^T = W_out h: the gradient of h comes back contiguous; y itself is made contiguous
