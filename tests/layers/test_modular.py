@@ -72,6 +72,20 @@ def test_ghosted_rings_match_the_dense_network(modules, links, depth):
     assert_close_rel(net._dense(got[2][0] * net.masks[0]), ref[2], 1e-12, "dL/d first hidden layer")
 
 
+@pytest.mark.slow  # inductor compiles the graphs (~10 s)
+def test_torch_compile_of_a_ghosted_ring_matches_eager():
+    # traced, the network runs without ghosts (they live outside the tensors' bounds)
+    net = permsym.build("modular:8-3,modules=6,width=4,depth=3,links=2,density=0.5").double()
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(net)
+    y1, y2 = net(x), compiled(x)
+    assert_close_rel(y2, y1, 1e-12, "f")
+    g1 = torch.autograd.grad(y1.square().sum(), [x, net.weights])
+    g2 = torch.autograd.grad(y2.square().sum(), [x, net.weights])
+    for a, b in zip(g2, g1, strict=True):
+        assert_close_rel(a, b, 1e-12, "gradient")
+
+
 def test_ghost_in_refuses_a_tensor_without_room():
     net = permsym.build("modular:3-2,modules=6,width=2,links=2")
     h = torch.randn(6, 2, 5)

@@ -32,7 +32,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from permsym._errors import PermsymError, check_positive_int, check_probability
 from permsym.archs.activations import activation_form, make_activation, parse_activation
@@ -162,15 +162,19 @@ class ModularMLP(nn.Module):
         self.register_buffer("gather", gather, persistent=False)  # own module first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # decided first: under torch.compile, _block_plan below is a graph break (it reads
+        # the wiring's values), and the rest of forward runs in a resumed frame
+        tracing = is_fx_symbolic_tracing() or torch.compiler.is_compiling()
         m, w = self.modules_, self.width
         # hidden state is feature-major: (M W, N), viewed (M, W, N) for the module blocks
         bias = self.inp_bias.reshape(-1, 1) if self.inp_bias is not None else None
         plan = None if torch._C._are_functorch_transforms_active() else self._block_plan()
         # with fused ReLUs throughout and a ring-like wiring, hidden states carry ghost
         # copies of the wrap-around modules: every module block is then in one window bmm
+        # (not while traced: the ghosts live outside the tensors' own bounds)
         fused = plan is not None and all(type(act) is nn.ReLU for act in self.acts)
         ghosts = None
-        if fused and plan.window is not None and self.depth > 1 and not is_fx_tracing():
+        if fused and plan.window is not None and self.depth > 1 and not tracing:
             ghosts = plan.window.ghosts
         if fused:
             rows = (ghosts[0] * w, ghosts[1] * w) if ghosts is not None else None
