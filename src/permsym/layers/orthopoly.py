@@ -6,7 +6,8 @@ $p_n$ orthonormal for the family's weight (:mod:`permsym.layers.poly_families`),
 domain map (:mod:`permsym.layers.poly_maps`), coefficients $a$ shared by the layer or one
 row per unit. Evaluated by the three-term recurrence in a fused autograd function
 (:mod:`permsym.layers.poly_autograd`) that saves only $x$ and works panel by panel, so
-neither its saved nor its working memory grows with $N$.
+neither its saved nor its working memory grows with $N$; ``compile=True`` swaps the panels
+for compiled single-pass kernels (:mod:`permsym.layers.poly_native`).
 """
 
 from __future__ import annotations
@@ -109,9 +110,10 @@ class OrthoPoly(nn.Module):
             (orthonormality) and $G$ by quadrature otherwise; ``"gelu"``, ``"tanh"``,
             ``"relu"``: least-squares projection of that activation onto the basis in
             $L^2(N(0,1))$ (for exact maps: $a_n = E[g(x) p_n(s(x))]$), by Gauss quadrature.
-        compile: run the sweeps as ``torch.compile``'d kernels (inductor fuses each pass
-            into one loop; the first call compiles for several seconds, and each new input
-            shape may compile again).
+        compile: run compiled kernels: on the CPU single-pass C++ kernels built with
+            ``torch.compile``'s toolchain (:mod:`permsym.layers.poly_native`; about 2 s per
+            kernel the first time, any input shape), elsewhere and for Laguerre's ``gauss``
+            map ``torch.compile``'d sweeps (each new input shape compiles again).
         dtype: of the coefficients (default: torch's default dtype).
         **family_params: ``alpha``, ``beta`` (jacobi), ``alpha`` or ``lambda`` (gegenbauer),
             ``alpha`` (laguerre).

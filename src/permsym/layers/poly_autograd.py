@@ -16,7 +16,9 @@ and reused by every panel, and results are written straight into the output (for
 or the input gradient (backward). So the extra memory of either pass is a few panels, not
 input-sized tensors, at every degree, and every in-place op runs on data that is in cache.
 
-With ``compile=True`` the same sweeps are written out of place and compiled by inductor
+With ``compile=True`` on the CPU the passes are the single-pass C++ kernels of
+:mod:`permsym.layers.poly_native` (where :func:`~permsym.layers.poly_native.supports`
+says so); otherwise the same sweeps are written out of place and compiled by inductor
 (:func:`compiled_kernels`): one fused loop for the forward, one for the backward's
 pointwise part (which also writes $t$ once, so the coefficient reductions do not
 recompute the map) and one for the reductions, blocked over rows of the input.
