@@ -161,6 +161,40 @@ def test_native_kernels_split_work_over_threads():
 
 
 @pytest.mark.slow
+def test_native_kernels_rebuild_a_recurrence_from_its_key(monkeypatch):
+    # a layer unpickled in a fresh process never ran the constructor that registers its
+    # recurrence; the custom ops get only the key, which names it completely
+    for family, kwargs in [("chebyshev", {}), ("jacobi", {"alpha": 0.5, "beta": -0.3}), ("legendre", {"domain": "tanh"})]:
+        rec = OrthoPoly(family, 5, num_units=3, **kwargs)._rec
+        monkeypatch.delitem(poly_native._RECURRENCES, rec.key)
+        assert poly_native._recurrence(rec.key) == rec
+    for bad in ["erf/1/(1.0, 0.0)/((2, 0.0),)", "erf/1/(1.0,)/()", "nonsense"]:
+        with pytest.raises(ValueError, match="malformed recurrence key"):
+            poly_native._recurrence(bad)
+    act = OrthoPoly("chebyshev", 4, num_units=6, dtype=torch.float64)
+    monkeypatch.delitem(poly_native._RECURRENCES, act._rec.key)
+    _compare_compiled_with_eager("chebyshev", {}, 4, 6, (70, 6), 1e-12)
+
+
+def test_native_kernels_need_a_vector_isa(monkeypatch):
+    # without one, inductor's at::vec is not there to build on: compile=True uses inductor
+    act = OrthoPoly("chebyshev", 4)
+    monkeypatch.setattr(poly_native, "_VECTOR_ISA", [False])
+    assert not poly_native.supports(torch.zeros(3), act._rec)
+    monkeypatch.setattr(poly_native, "_VECTOR_ISA", [True])
+    assert poly_native.supports(torch.zeros(3), act._rec)
+    assert not poly_native.supports(torch.zeros(3, dtype=torch.float16), act._rec)
+
+
+def test_native_ops_refuse_non_contiguous_input():
+    act = OrthoPoly("chebyshev", 2, num_units=4, dtype=torch.float64)
+    x = torch.randn(4, 5, 1, dtype=torch.float64).transpose(0, 1)  # (5, 4, 1), not contiguous
+    a = act.coeffs.detach().T.contiguous()
+    with pytest.raises(RuntimeError, match="must be contiguous"):
+        poly_native.native_forward(x, a, act._rec.key)
+
+
+@pytest.mark.slow
 def test_maps_without_native_kernels_use_inductor():
     act = OrthoPoly("laguerre", 4, num_units=6, dtype=torch.float64)  # exponential map
     assert not poly_native.supports(torch.zeros(1, dtype=torch.float64), act._rec)

@@ -10,12 +10,10 @@ h^{l-1}_j + b^{l}_m\Big).$$
 
 Hidden state is kept feature-major, ``(M W, batch)`` viewed as ``(M, W, batch)``: the
 input layer and the head are each one plain GEMM on that matrix, and every block product
-is a ``torch.bmm`` over the module axis with no layout copies. The in-module blocks of
-all modules are one ``baddbmm``; link $k$ (source ``sources[m, k]`` of module $m$) is split
-into runs of consecutive modules whose sources are consecutive too, each run one in-place
-``baddbmm_`` on contiguous slices (a ring is two runs per link; no gather, no transpose).
-The backward pass mirrors it (:mod:`permsym.layers.modular_blocks`). The dense ``(M W) x (M W)`` matrix
-is never formed. :meth:`ModularMLP.to_masked_mlp` writes the same function as a dense
+is a ``torch.bmm`` over the module axis with no layout copies: links as runs of
+consecutive modules with consecutive sources, rings as one product over overlapping
+windows of the hidden state (details in :mod:`permsym.layers.modular_blocks`). The dense
+``(M W) x (M W)`` matrix is never formed. :meth:`ModularMLP.to_masked_mlp` writes the same function as a dense
 :class:`~permsym.layers.MaskedLinear` network, whose mask-graph automorphisms are the
 symmetries (permutations inside modules, exchanges of identically wired modules).
 

@@ -1,12 +1,16 @@
 r"""The batched kernels of :class:`~permsym.layers.modular.ModularMLP` (feature-major blocks).
 
-Hidden state is ``(M, W, N)`` (module, unit, sample). The in-module blocks of all modules are
-one ``bmm``/``baddbmm``; link $k$ is split into runs of consecutive modules whose sources are
-consecutive too (:func:`link_runs`), each one in-place ``baddbmm_`` on contiguous slices, and
-for ring wirings the interior modules' forward and weight-gradient products are one ``bmm``
-over overlapping windows of the hidden state (:class:`BlockPlan`). :class:`_ModuleBlocks`
-writes the backward out with the same products; :class:`_LinearReLU` is the input layer with
-a fused ReLU. Nothing is gathered or transposed and no dense ``(M W)^2`` matrix is formed.
+Hidden state is ``(M, W, N)`` (module, unit, sample). In general (:class:`BlockPlan` without
+a window) the in-module blocks of all modules are one ``bmm``, and link $k$ is split into
+runs of consecutive modules whose sources are consecutive too (:func:`link_runs`), each one
+in-place ``baddbmm_`` on contiguous slices. For ring wirings (:class:`Window`) a module's
+sources are consecutive rows of the hidden state: forward and weight gradient are one
+``bmm`` over overlapping windows of it, the input gradient one ``bmm`` over windows of the
+incoming gradient (with the weight blocks transposed and concatenated, a small copy); the
+few modules whose rows wrap around use per-block products, or, when the hidden state
+carries ghost copies of them (:func:`_fill_ghosts`), join the window. :class:`_ModuleBlocks`
+is the layer; :class:`_LinearReLU` the input layer with a fused ReLU. The hidden state is
+never gathered or transposed and no dense ``(M W)^2`` matrix is formed.
 """
 
 from __future__ import annotations
@@ -84,10 +88,11 @@ def _fill_ghosts(t: torch.Tensor, ghosts: tuple[int, int] | None) -> torch.Tenso
 
 
 def _bias_act(out: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
-    """``out + bias`` then ReLU, in place and in one pass (``bias`` broadcast)."""
-    if bias is None:
-        return out.relu_() if relu else out
-    return torch.ops.aten._add_relu_(out, bias) if relu else out.add_(bias)
+    """``out + bias`` then ReLU, in place (``bias`` broadcast). Two passes: the one-pass
+    ``aten._add_relu_`` is CPU-only and clamps ``inf`` to the largest float."""
+    if bias is not None:
+        out.add_(bias)
+    return out.relu_() if relu else out
 
 
 def _feature_major_act(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -207,8 +212,8 @@ class _ModuleBlocks(torch.autograd.Function):
     tensors, the blocks of ``w`` laid out ``(M, W_out, (1 + K) W_in)``.
 
     Forward and backward use ``bmm``/``baddbmm_`` on contiguous slices or strided windows of
-    ``h``: nothing is gathered or transposed, no dense ``(M W)^2`` matrix is formed;
-    autograd saves ``h`` and ``w``.
+    ``h`` and of the gradient; autograd saves ``h``, ``w`` and, with the fused ReLU, the
+    output (its mask).
     """
 
     @staticmethod

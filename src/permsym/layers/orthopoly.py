@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from scipy.special import roots_legendre
 from torch import nn
 
+from permsym.layers import poly_native
 from permsym.layers.poly_autograd import OrthoPolyFunction, plain_forward, scaled_recurrence
 from permsym.layers.poly_families import FAMILIES, MAX_DEGREE, Family, derivative_matrix
 from permsym.layers.poly_maps import resolve_map
@@ -152,6 +153,8 @@ class OrthoPoly(nn.Module):
         self.map, self.exact = resolve_map(call, self.family.name, self.family.maps, domain, self.family_params)
         self.num_units = num_units
         self.compile = bool(compile)
+        if self.compile:
+            poly_native.vector_isa()  # probe now, not inside a traced forward
         b, c = self.family.recurrence(degree, **self.family_params)
         self._symmetric_recurrence = bool(np.all(b == 0.0))
         self._rec, lam = scaled_recurrence(b, c, self.map.name, num_units is not None)

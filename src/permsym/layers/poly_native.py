@@ -10,9 +10,9 @@ flags and on-disk cache as ``torch.compile``):
 
 * forward: one sweep, $y = \sum_k a_k u_k(s(x))$;
 * backward: one sweep that writes $g \cdot f'(s(x)) \cdot s'(x)$ and adds $g\,u_k$ into
-  per-unit accumulators (in registers over a block of rows or a piece of a run, then
-  float32 partial sums over 64 rows, then float64; per-thread sums added in thread order,
-  so a run is deterministic for a given thread count).
+  per-unit accumulators: in registers over a block of 8 rows (then float32 sums over 64
+  rows, then float64) or over a piece of a run (then float64); per-thread sums are added
+  in thread order, so a run is deterministic for a given thread count.
 
 Inputs use the canonical layouts of the compiled path: per-unit ``(B, C, S)`` (rows layout
 when ``S == 1``: units along the vector lanes; runs layout otherwise: each ``(b, c)`` run
@@ -27,6 +27,7 @@ opaque operators with known output shapes.
 
 from __future__ import annotations
 
+import ast
 import math
 from typing import Any
 
@@ -47,13 +48,52 @@ _BUILT: dict[tuple, Any] = {}
 
 
 def supports(x: torch.Tensor, rec: Any) -> bool:
-    """True when the native kernels handle ``x`` (CPU, float32/float64) and ``rec``'s map."""
-    return ENABLED and x.device.type == "cpu" and x.dtype in _CTYPE and rec.map_name in NATIVE_MAPS
+    """True when the native kernels handle ``x`` (CPU, float32/float64) and ``rec``'s map,
+    and inductor builds vectorised C++ on this machine (``at::vec`` needs a vector ISA)."""
+    ok = ENABLED and x.device.type == "cpu" and x.dtype in _CTYPE and rec.map_name in NATIVE_MAPS
+    if not ok:
+        return False
+    if _VECTOR_ISA[0] is None:
+        if torch.compiler.is_compiling():  # not probed yet (the layer was unpickled): inductor
+            return False
+        vector_isa()
+    return bool(_VECTOR_ISA[0])
+
+
+_VECTOR_ISA: list[bool | None] = [None]
+
+
+def vector_isa() -> bool:
+    """Whether inductor finds a vector ISA here (probed once; ``OrthoPoly(compile=True)``
+    probes on construction, outside any tracing)."""
+    if _VECTOR_ISA[0] is None:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        _VECTOR_ISA[0] = bool(pick_vec_isa())
+    return bool(_VECTOR_ISA[0])
 
 
 def register(rec: Any) -> None:
     """Make ``rec`` findable by ``rec.key`` (custom ops take strings, not dataclasses)."""
     _RECURRENCES.setdefault(rec.key, rec)
+
+
+def _recurrence(key: str) -> Any:
+    """The recurrence named ``key``: registered, or rebuilt from the key itself (a module
+    unpickled in a fresh process never ran the constructor that registers it)."""
+    if key not in _RECURRENCES:
+        from permsym.layers.poly_autograd import Recurrence
+
+        try:
+            map_name, per_unit, first, steps = key.split("/", 3)
+            pair = lambda p: (float(p[0]), float(p[1]))  # noqa: E731
+            rec = Recurrence(pair(ast.literal_eval(first)), tuple(map(pair, ast.literal_eval(steps))), map_name, per_unit == "1")
+        except (ValueError, TypeError, IndexError, SyntaxError):
+            rec = None
+        if rec is None or rec.key != key:
+            raise ValueError(f"poly_native: malformed recurrence key {key!r}")
+        _RECURRENCES[key] = rec
+    return _RECURRENCES[key]
 
 
 # --------------------------------------------------------------------------- code generation
@@ -372,12 +412,22 @@ def _dims(x: torch.Tensor) -> tuple[int, int, int, bool]:
 @torch.library.custom_op("permsym::orthopoly_forward", mutates_args=())
 def native_forward(x: torch.Tensor, a: torch.Tensor, key: str) -> torch.Tensor:
     """$y = \\sum_k a_k u_k(s(x))$; ``a``: ``(K, C)`` per unit or ``(K,)`` shared, in ``x``'s dtype."""
+    _check_inputs(x, a, x)
     b, c, s, rows = _dims(x)
     y = torch.empty_like(x)
     if x.numel():
-        kernel = _kernel("forward", _RECURRENCES[key], a.shape[0], x.dtype, rows)
+        kernel = _kernel("forward", _recurrence(key), a.shape[0], x.dtype, rows)
         kernel(x, a.contiguous(), y, b, c, s, torch.get_num_threads())
     return y
+
+
+def _check_inputs(x: torch.Tensor, coeffs: torch.Tensor, g: torch.Tensor) -> None:
+    """The kernels read raw memory: contiguous inputs of one dtype, canonical shapes."""
+    torch._check(x.dim() in (1, 3) and x.is_contiguous() and g.is_contiguous(), lambda: "poly_native: x and g must be contiguous (N,) or (B, C, S)")
+    torch._check(g.shape == x.shape, lambda: f"poly_native: g has shape {tuple(g.shape)}, x {tuple(x.shape)}")
+    torch._check(coeffs.dtype == x.dtype == g.dtype, lambda: "poly_native: coefficients, x and g must share a dtype")
+    units = 1 if x.dim() == 1 else x.shape[1]
+    torch._check(coeffs.dim() in (1, 2) and (coeffs.dim() == 1 or coeffs.shape[1] == units), lambda: "poly_native: coefficients must be (K,) or (K, C)")
 
 
 @native_forward.register_fake
@@ -391,11 +441,12 @@ def native_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_x, ga)``: ``grad_x`` (empty unless ``need_x``) and ``ga`` = $\\sum g\\,u_k$,
     float64 ``(size, C)`` (zeros unless ``need_a``); ``e``: derivative coefficients."""
+    _check_inputs(x, e, g)
     b, c, s, rows = _dims(x)
     grad_x = torch.empty_like(x) if need_x else x.new_empty(0)
     ga = torch.zeros((size, c), dtype=torch.float64, device=x.device)
     if x.numel() and (need_x or need_a):
-        kernel = _kernel("backward", _RECURRENCES[key], size, x.dtype, rows, need_x, need_a)
+        kernel = _kernel("backward", _recurrence(key), size, x.dtype, rows, need_x, need_a)
         kernel(x, g, e.contiguous(), grad_x, ga, b, c, s, torch.get_num_threads())
     return grad_x, ga
 
