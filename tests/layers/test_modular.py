@@ -88,6 +88,21 @@ def test_torch_compile_of_a_ghosted_ring_matches_eager():
         assert_close_rel(a, b, 1e-12, "gradient")
 
 
+def test_ghosted_ring_with_an_empty_batch_and_copying_saved_tensor_hooks():
+    net = permsym.build("modular:5-2,modules=6,width=3,depth=3,links=2,density=0.5,seed=2").double()
+    empty = net(torch.zeros(0, 5, dtype=torch.float64))
+    assert empty.shape == (0, 2)
+    # a saved-tensor hook that copies (as save_on_cpu does) must keep the ghosts of h
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        y = net(x)
+    got = torch.autograd.grad(y.square().sum(), [x, net.weights])
+    y_ref = net(x)
+    ref = torch.autograd.grad(y_ref.square().sum(), [x, net.weights])
+    for a, b in zip(got, ref, strict=True):
+        assert_close_rel(a, b, 1e-14, "gradient")
+
+
 def test_ghost_in_refuses_a_tensor_without_room():
     net = permsym.build("modular:3-2,modules=6,width=2,links=2")
     h = torch.randn(6, 2, 5)

@@ -186,12 +186,32 @@ def test_native_kernels_need_a_vector_isa(monkeypatch):
     assert not poly_native.supports(torch.zeros(3, dtype=torch.float16), act._rec)
 
 
-def test_native_ops_refuse_non_contiguous_input():
+def test_native_ops_refuse_inputs_they_would_misread():
     act = OrthoPoly("chebyshev", 2, num_units=4, dtype=torch.float64)
+    key = act._rec.key
     x = torch.randn(4, 5, 1, dtype=torch.float64).transpose(0, 1)  # (5, 4, 1), not contiguous
-    a = act.coeffs.detach().T.contiguous()
+    a = act.coeffs.detach().T.contiguous()  # (3, 4)
     with pytest.raises(RuntimeError, match="must be contiguous"):
-        poly_native.native_forward(x, a, act._rec.key)
+        poly_native.native_forward(x, a, key)
+    x = x.contiguous()
+    with pytest.raises(RuntimeError, match="coefficients must be"):
+        poly_native.native_forward(x, a[:, 0].contiguous(), key)  # shared coefficients, per-unit x
+    with pytest.raises(RuntimeError, match="share a dtype"):
+        poly_native.native_forward(x, a.float(), key)
+    with pytest.raises(RuntimeError, match="does not match the recurrence"):
+        poly_native.native_backward(x, x, a, 5, key, True, True)
+    with pytest.raises(RuntimeError, match="coefficients for size"):
+        poly_native.native_backward(x, x, a[:1], 3, key, True, True)
+
+
+@pytest.mark.slow
+def test_compiled_layer_takes_an_empty_batch():
+    act = OrthoPoly("chebyshev", 3, num_units=4, compile=True, dtype=torch.float64)
+    x = torch.zeros(0, 4, 2, dtype=torch.float64, requires_grad=True)
+    y = act(x)
+    assert y.shape == x.shape
+    gx, ga = torch.autograd.grad(y.sum(), (x, act.coeffs))
+    assert gx.shape == x.shape and torch.equal(ga, torch.zeros_like(ga))
 
 
 @pytest.mark.slow

@@ -172,7 +172,7 @@ class ModularMLP(nn.Module):
         # (not while traced: the ghosts live outside the tensors' own bounds)
         fused = plan is not None and all(type(act) is nn.ReLU for act in self.acts)
         ghosts = None
-        if fused and plan.window is not None and self.depth > 1 and not tracing:
+        if fused and plan.window is not None and self.depth > 1 and not tracing and x.shape[0]:
             ghosts = plan.window.ghosts
         if fused:
             rows = (ghosts[0] * w, ghosts[1] * w) if ghosts is not None else None

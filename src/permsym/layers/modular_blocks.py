@@ -73,6 +73,13 @@ def _ghosted_empty(shape: tuple[int, ...], like: torch.Tensor, ghosts: tuple[int
     return base[before : before + shape[0]]
 
 
+def _with_ghosts(t: torch.Tensor, ghosts: tuple[int, int]) -> torch.Tensor:
+    """The view of ``t``'s buffer that includes its ghost entries (dim 0)."""
+    before, after = ghosts
+    shape = (before + t.shape[0] + after, *t.shape[1:])
+    return t.as_strided(shape, t.stride(), t.storage_offset() - before * t.stride(0))
+
+
 def _fill_ghosts(t: torch.Tensor, ghosts: tuple[int, int] | None) -> torch.Tensor:
     """Copy the last ``a`` entries of ``t`` (dim 0) into the ``a`` spare ones before it and
     the first ``b`` into the ``b`` after it: modules $-a..-1$ and $M..M+b-1$ of a ring read
@@ -81,7 +88,7 @@ def _fill_ghosts(t: torch.Tensor, ghosts: tuple[int, int] | None) -> torch.Tenso
         return t
     before, after = ghosts
     n = t.shape[0]
-    base = t.as_strided((before + n + after, *t.shape[1:]), t.stride(), t.storage_offset() - before * t.stride(0))
+    base = _with_ghosts(t, ghosts)
     base[:before].copy_(t[n - before :])
     base[before + n :].copy_(t[:after])
     return t
@@ -281,7 +288,8 @@ class _ModuleBlocks(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):  # noqa: D102
         h, w, bias, plan, relu, ghost_in, _ = inputs
-        ctx.save_for_backward(h, w, output if relu else None)
+        # with ghosts, h is saved with them (a saved-tensor hook that copies h keeps them)
+        ctx.save_for_backward(_with_ghosts(h, plan.window.ghosts) if ghost_in else h, w, output if relu else None)
         ctx.plan, ctx.ghost_in = plan, ghost_in
         ctx.has_bias = bias is not None
 
@@ -290,6 +298,9 @@ class _ModuleBlocks(torch.autograd.Function):
     def backward(ctx, g):  # noqa: D102
         h, w, out = ctx.saved_tensors
         plan: BlockPlan = ctx.plan
+        if ctx.ghost_in:
+            before, after = plan.window.ghosts
+            h = h[before : h.shape[0] - after]
         g = g.contiguous()
         if out is not None:  # relu epilogue: mask the incoming gradient in place (see module_blocks)
             torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
@@ -370,6 +381,8 @@ def module_blocks(
 
 
 def _check_ghosts(h: torch.Tensor, ghosts: tuple[int, int]) -> None:
+    if h.numel() == 0:
+        return
     before, after = ghosts
     step = h.stride(0)
     if not h.is_contiguous() or h.storage_offset() < before * step or (

@@ -395,7 +395,7 @@ def _own_code(fn: Any, tag: int) -> Any:
 def _canonical(x: torch.Tensor, per_unit: bool) -> torch.Tensor:
     if not per_unit:
         return x.reshape(-1)
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
 # --------------------------------------------------------------------------- autograd

@@ -412,7 +412,7 @@ def _dims(x: torch.Tensor) -> tuple[int, int, int, bool]:
 @torch.library.custom_op("permsym::orthopoly_forward", mutates_args=())
 def native_forward(x: torch.Tensor, a: torch.Tensor, key: str) -> torch.Tensor:
     """$y = \\sum_k a_k u_k(s(x))$; ``a``: ``(K, C)`` per unit or ``(K,)`` shared, in ``x``'s dtype."""
-    _check_inputs(x, a, x)
+    _check_inputs(x, a, x, a.shape[0], key)
     b, c, s, rows = _dims(x)
     y = torch.empty_like(x)
     if x.numel():
@@ -421,13 +421,18 @@ def native_forward(x: torch.Tensor, a: torch.Tensor, key: str) -> torch.Tensor:
     return y
 
 
-def _check_inputs(x: torch.Tensor, coeffs: torch.Tensor, g: torch.Tensor) -> None:
-    """The kernels read raw memory: contiguous inputs of one dtype, canonical shapes."""
+def _check_inputs(x: torch.Tensor, coeffs: torch.Tensor, g: torch.Tensor, size: int, key: str) -> None:
+    """The kernels read raw memory: contiguous inputs of one dtype in the canonical shapes,
+    ``size`` coefficients as the recurrence ``key`` has (``coeffs`` may hold fewer: the
+    derivative's last one is zero and never read)."""
     torch._check(x.dim() in (1, 3) and x.is_contiguous() and g.is_contiguous(), lambda: "poly_native: x and g must be contiguous (N,) or (B, C, S)")
     torch._check(g.shape == x.shape, lambda: f"poly_native: g has shape {tuple(g.shape)}, x {tuple(x.shape)}")
     torch._check(coeffs.dtype == x.dtype == g.dtype, lambda: "poly_native: coefficients, x and g must share a dtype")
-    units = 1 if x.dim() == 1 else x.shape[1]
-    torch._check(coeffs.dim() in (1, 2) and (coeffs.dim() == 1 or coeffs.shape[1] == units), lambda: "poly_native: coefficients must be (K,) or (K, C)")
+    shape = (coeffs.shape[0],) if x.dim() == 1 else (coeffs.shape[0], x.shape[1])
+    torch._check(tuple(coeffs.shape) == shape, lambda: f"poly_native: coefficients must be (K,) for a 1-d x, (K, C) for (B, C, S); got {tuple(coeffs.shape)}")
+    steps = len(_recurrence(key).steps)
+    torch._check(size == steps + 2 or (size == 1 and steps == 0), lambda: f"poly_native: size {size} does not match the recurrence ({steps + 2} coefficients)")
+    torch._check(coeffs.shape[0] >= max(size - 1, 1), lambda: f"poly_native: {coeffs.shape[0]} coefficients for size {size}")
 
 
 @native_forward.register_fake
@@ -441,7 +446,7 @@ def native_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_x, ga)``: ``grad_x`` (empty unless ``need_x``) and ``ga`` = $\\sum g\\,u_k$,
     float64 ``(size, C)`` (zeros unless ``need_a``); ``e``: derivative coefficients."""
-    _check_inputs(x, e, g)
+    _check_inputs(x, e, g, size, key)
     b, c, s, rows = _dims(x)
     grad_x = torch.empty_like(x) if need_x else x.new_empty(0)
     ga = torch.zeros((size, c), dtype=torch.float64, device=x.device)
