@@ -104,6 +104,7 @@ _NATIVE_CASES = [
     ("chebyshev2", {"domain": "tanh"}, 1, 5, (9, 5, 3)),
     ("laguerre", {"domain": "softplus"}, 0, 4, (6, 4)),
     ("jacobi", {"alpha": 0.5, "beta": -0.3}, 6, None, (1000,)),
+    ("laguerre", {}, 5, 6, (70, 6)),  # the exponential map, -log Phi(-x), in three pieces
 ]
 
 
@@ -215,10 +216,25 @@ def test_compiled_layer_takes_an_empty_batch():
 
 
 @pytest.mark.slow
-def test_maps_without_native_kernels_use_inductor():
-    act = OrthoPoly("laguerre", 4, num_units=6, dtype=torch.float64)  # exponential map
-    assert not poly_native.supports(torch.zeros(1, dtype=torch.float64), act._rec)
+def test_inductor_kernels_of_the_exponential_map(inductor_only):
+    # off the CPU the exponential map (log_ndtr) runs in inductor's kernels
     _compare_compiled_with_eager("laguerre", {}, 4, 6, (70, 6), 1e-12)
+
+
+@pytest.mark.slow
+def test_native_exponential_map_across_its_pieces():
+    # x <= 0, 0 < x <= X, x > X (X = 25 in float64): t = -log Phi(-x) and its derivative
+    # agree with the eager log_ndtr on both sides of each switch and far into the tails
+    act = OrthoPoly("laguerre", 3, dtype=torch.float64)
+    compiled = OrthoPoly("laguerre", 3, dtype=torch.float64, compile=True)
+    x = torch.tensor([-40.0, -8.0, -1e-3, 0.0, 1e-3, 3.0, 9.99, 10.01, 24.9, 25.1, 40.0], dtype=torch.float64)
+    t_ref = act.map.value(x)
+    x = x.requires_grad_(True)
+    y1, y2 = act(x), compiled(x)
+    assert_close_rel(y2, y1, 1e-12, "f")
+    g1, g2 = (torch.autograd.grad(y, x, torch.ones_like(y))[0] for y in (y1, y2))
+    assert_close_rel(g2, g1, 1e-12, "df/dx")
+    assert torch.isfinite(t_ref).all()
 
 
 @pytest.mark.slow

@@ -113,8 +113,8 @@ class OrthoPoly(nn.Module):
             $L^2(N(0,1))$ (for exact maps: $a_n = E[g(x) p_n(s(x))]$), by Gauss quadrature.
         compile: run compiled kernels: on the CPU single-pass C++ kernels built with
             ``torch.compile``'s toolchain (:mod:`permsym.layers.poly_native`; about 2 s per
-            kernel the first time, any input shape), elsewhere and for Laguerre's ``gauss``
-            map ``torch.compile``'d sweeps (each new input shape compiles again).
+            kernel the first time, any input shape), elsewhere ``torch.compile``'d sweeps
+            (each new input shape compiles again).
         dtype: of the coefficients (default: torch's default dtype).
         **family_params: ``alpha``, ``beta`` (jacobi), ``alpha`` or ``lambda`` (gegenbauer),
             ``alpha`` (laguerre).

@@ -19,8 +19,8 @@ when ``S == 1``: units along the vector lanes; runs layout otherwise: each ``(b,
 of ``S`` elements with broadcast coefficients) and shared ``(N,)`` (one run, ``C = 1``).
 Runs are cut into pieces of :data:`PIECE` elements, the unit of work of a thread.
 
-Maps with a native form: identity, tanh, softplus, erf, arcsine. Others (the exponential
-map of Laguerre ``domain="gauss"``), other devices and other dtypes use inductor's kernels.
+Every domain map has a native form (:data:`NATIVE_MAPS`); other devices, other dtypes and
+machines where inductor finds no vector ISA use inductor's kernels.
 The calls go through ``torch.library`` custom ops, so an outer ``torch.compile`` sees
 opaque operators with known output shapes.
 """
@@ -35,7 +35,7 @@ import torch
 
 from permsym.layers.poly_maps import half_pi_coefficients
 
-NATIVE_MAPS = ("identity", "tanh", "softplus", "erf", "arcsine")
+NATIVE_MAPS = ("identity", "tanh", "softplus", "erf", "arcsine", "exponential")
 ENABLED = True
 """Switch for the native kernels (``False``: ``compile=True`` uses inductor's kernels only)."""
 
@@ -113,6 +113,8 @@ def _map_lines(name: str, single: bool, need_d: bool) -> list[str]:
     if name == "softplus":  # log(1 + e^x) = max(x, 0) + log1p(e^-|x|); s' = 1 / (1 + e^-x)
         lines = ["const Vec t = at::vec::maximum(xv, Vec(T(0))) + (-xv.abs()).exp().log1p();"]
         return lines + (["const Vec d = Vec(T(1)) / (Vec(T(1)) + (-xv).exp());"] if need_d else [])
+    if name == "exponential":
+        return _exponential_lines(single, need_d)
     if name not in ("erf", "arcsine"):
         raise ValueError(f"no native form for map {name!r}")
     lines = _erf_lines(single, need_d)  # ev = erf(x / sqrt 2), gauss = e^{-x^2/2} when need_d
@@ -145,6 +147,33 @@ def _erf_lines(single: bool, need_d: bool) -> list[str]:
         f"const Vec ea = fmadd(-(ti * gauss), {_horner(list(_AS_R), 'ti')}, Vec(T(1)));",
         "const Vec ev = ea.copysign(xv);",
     ]
+
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _exponential_lines(single: bool, need_d: bool) -> list[str]:
+    r"""$t = -\log \Phi(-x)$ in three pieces, each accurate where it is used: for $x \le 0$,
+    $-\log1p(-\tfrac12 \operatorname{erfc}(-x/\sqrt2))$; up to $X$ (where erfc is still a
+    normal number), $-\log(\tfrac12 \operatorname{erfc}(x/\sqrt2))$; beyond, the asymptotic
+    $x^2/2 + \log x + \log\sqrt{2\pi} - \log(1 - x^{-2} + 3x^{-4} - 15x^{-6} + \dots)$ cut
+    below the dtype's rounding at $X$ ($X = 10$, 5 terms single; $X = 25$, 8 terms double).
+    $s'(x) = \phi(x)/\Phi(-x) = e^{-x^2/2 - \log\sqrt{2\pi} + t}$, as in the eager map."""
+    cut, terms = (10.0, 5) if single else (25.0, 8)
+    series = [1.0]
+    for k in range(1, terms + 1):
+        series.append(-series[-1] * (2 * k - 1))
+    lines = [
+        f"const Vec z = xv * {_lit(1 / math.sqrt(2))};",
+        f"const Vec t_low = -((-z).erfc() * Vec({_lit(-0.5)})).log1p();",
+        f"const Vec t_mid = -(z.erfc() * Vec({_lit(0.5)})).log();",
+        "const Vec r2 = Vec(T(1)) / (xv * xv);",
+        f"const Vec t_high = fmadd(xv * xv, Vec({_lit(0.5)}), xv.log() + Vec({_lit(_LOG_SQRT_2PI)})) - ({_horner(series, 'r2')}).log();",
+        f"const Vec t = Vec::blendv(Vec::blendv(t_low, t_mid, xv > Vec(T(0))), t_high, xv > Vec({_lit(cut)}));",
+    ]
+    if need_d:
+        lines.append(f"const Vec d = (fmadd(xv * xv, Vec({_lit(-0.5)}), t) - Vec({_lit(_LOG_SQRT_2PI)})).exp();")
+    return lines
 
 
 def _horner(coeffs: list[float], var: str) -> str:
