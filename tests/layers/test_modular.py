@@ -55,13 +55,14 @@ def test_hand_written_backward_matches_plain_autograd(wiring, modules, links, ac
         assert_close_rel(g, ref_p[name], 1e-12, f"dL/d{name}")
 
 
-@pytest.mark.parametrize(("modules", "links", "depth"), [(8, 2, 4), (7, 3, 3), (5, 1, 4)])
-def test_ghosted_rings_match_the_dense_network(modules, links, depth):
+@pytest.mark.parametrize(("modules", "links", "depth", "batch"), [(8, 2, 4, 7), (7, 3, 3, 7), (5, 1, 4, 7), (6, 2, 3, 2500)])
+def test_ghosted_rings_match_the_dense_network(modules, links, depth, batch):
     # fused ReLUs on a ring: hidden states carry ghost copies of the wrap-around modules and
-    # every module's forward and weight-gradient product is one window bmm
+    # every module's forward and weight-gradient product is one window bmm (in slabs of
+    # 1024 samples: 2500 = two full slabs and a partial one)
     net = permsym.build(f"modular:5-2,modules={modules},width=3,depth={depth},links={links},density=0.5,seed=2").double()
     assert net._block_plan().window is not None
-    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(batch, 5, dtype=torch.float64, requires_grad=True)
     dense = net.to_masked_mlp()
     y, y_ref = net(x), dense(x)
     assert_close_rel(y, y_ref, 1e-12, "f")
@@ -86,6 +87,17 @@ def test_torch_compile_of_a_ghosted_ring_matches_eager():
     g2 = torch.autograd.grad(y2.square().sum(), [x, net.weights])
     for a, b in zip(g2, g1, strict=True):
         assert_close_rel(a, b, 1e-12, "gradient")
+
+
+def test_ring_windows_without_ghosts_over_several_slabs():
+    # tanh: no ghosts; interior window products plus per-block edges, 2500 samples
+    net = permsym.build("modular:5-2,modules=6,width=3,depth=3,links=2,density=0.5,act=tanh,seed=2").double()
+    x = torch.randn(2500, 5, dtype=torch.float64, requires_grad=True)
+    y, y_ref = net(x), net.to_masked_mlp()(x)
+    assert_close_rel(y, y_ref, 1e-12, "f")
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    assert_close_rel(gx, gx_ref, 1e-12, "dL/dx")
 
 
 def test_ghosted_ring_with_an_empty_batch_and_copying_saved_tensor_hooks():

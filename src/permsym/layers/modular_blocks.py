@@ -241,10 +241,10 @@ class _ModuleBlocks(torch.autograd.Function):
             return out
         out = _ghosted_empty(h.shape, h, win.ghosts if ghost_out else None)
         if ghost_in:  # every module's rows are contiguous, wrap-around included
-            torch.bmm(_block_cat(w, win.blocks, width), _window(h, win.low, h.shape[0], win.span), out=out)
+            _window_bmm(_block_cat(w, win.blocks, width), h, win.low, h.shape[0], win.span, out)
             return out
         inner = slice(win.first, win.first + win.count)
-        torch.bmm(_block_cat(w[inner], win.blocks, width), _window(h, win.first + win.low, win.count, win.span), out=out[inner])
+        _window_bmm(_block_cat(w[inner], win.blocks, width), h, win.first + win.low, win.count, win.span, out[inner])
         _accumulate(out, w, h, win.edges, transposed=False)
         return out
 
@@ -262,7 +262,7 @@ class _ModuleBlocks(torch.autograd.Function):
         order = win.back_order()
         first, count = win.back_first, win.count
         weights = torch.cat([_block(w, k, first - o, count, width).mT for o, k in order], dim=2)
-        torch.bmm(weights, _window(g, first - win.high, count, win.span), out=grad_h[first : first + count])
+        _window_bmm(weights, g, first - win.high, count, win.span, grad_h[first : first + count])
         _accumulate(grad_h, w, g, win.back_edges, transposed=True)
         return grad_h
 
@@ -310,12 +310,27 @@ class _ModuleBlocks(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None
 
 
+_COLUMNS = 1024
+"""Columns (samples) per product of :func:`_window_bmm`: a window of 3 modules x 64 units x
+1024 columns (768 KiB in float32) stays in L2 for the next module, whose window shares
+two thirds of it (about 10% faster than one product over 4096 columns, cold caches)."""
+
+
+def _window_bmm(a: torch.Tensor, t: torch.Tensor, start: int, count: int, span: int, out: torch.Tensor) -> None:
+    """``out = a @ window(t)`` (see :func:`_window`), in slabs of :data:`_COLUMNS` columns."""
+    batch = t.shape[2]
+    for c0 in range(0, batch, _COLUMNS):
+        c1 = min(batch, c0 + _COLUMNS)
+        torch.bmm(a, _window(t[..., c0:c1], start, count, span), out=out[..., c0:c1])
+
+
 def _window(t: torch.Tensor, start: int, count: int, span: int) -> torch.Tensor:
     """``(count, span W, N)`` overlapping view of ``(M, W, N)``: entry ``i`` holds the rows of
     modules ``start + i .. start + i + span - 1`` (no copy; ``start < 0`` or rows past ``M``
     read the ghost modules of a :func:`_fill_ghosts` buffer)."""
     _, width, batch = t.shape
-    return t.as_strided((count, span * width, batch), (width * batch, batch, 1), t.storage_offset() + start * width * batch)
+    module, row = t.stride(0), t.stride(1)  # rows of consecutive modules are consecutive
+    return t.as_strided((count, span * width, batch), (module, row, t.stride(2)), t.storage_offset() + start * module)
 
 
 def _accumulate(out: torch.Tensor, w: torch.Tensor, t: torch.Tensor, products, *, transposed: bool) -> None:
