@@ -244,6 +244,24 @@ static inline int thread_id() {{
   return 0;
 #endif
 }}
+// Per-thread coefficient-gradient sums: thread 0 adds into ga, thread p > 0 into
+// part[p - 1]; add_partials then adds them to ga in thread order (deterministic). The buffer
+// is reused from call to call (no heap traffic); being thread_local, it is used inside the
+// parallel region only through the returned pointer.
+static inline double* partials(double* ga, int64_t threads, int64_t size) {{
+  static thread_local std::vector<double> buffer;
+  buffer.assign((threads - 1) * size, 0.0);
+  std::fill(ga, ga + size, 0.0);
+  return buffer.data();
+}}
+static inline double* own_partial(double* ga, double* part, int64_t size) {{
+  const int id = thread_id();
+  return id == 0 ? ga : part + (id - 1) * size;
+}}
+static inline void add_partials(double* ga, const double* part, int64_t threads, int64_t size) {{
+  for (int64_t p = 0; p + 1 < threads; ++p)
+    for (int64_t j = 0; j < size; ++j) ga[j] += part[p * size + j];
+}}
 """
 
 _FORWARD_ROWS = r"""
@@ -289,19 +307,13 @@ extern "C" void kernel(const T* x, const T* a, T* y, int64_t B, int64_t C, int64
 _BACKWARD_ROWS = r"""
 extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, int64_t B, int64_t C, int64_t S, int64_t threads) {{
   const int64_t K = {size}, Cp = (C + V - 1) / V * V;
-  // thread 0 sums into ga, thread p > 0 into part[p - 1], added to ga in thread order below;
-  // the buffer is reused from call to call (no heap traffic) and, being thread_local, is
-  // used inside the parallel region only through the pointer
-  static thread_local std::vector<double> part_buffer;
-  part_buffer.assign({need_a} ? (threads - 1) * K * C : 0, 0.0);
-  double* const part = part_buffer.data();
-  if ({need_a}) std::fill(ga, ga + K * C, 0.0);
+  double* const part = {need_a} ? partials(ga, threads, K * C) : nullptr;
   #pragma omp parallel num_threads(threads) if(threads > 1)
   {{
     static thread_local std::vector<T> acc_buffer;
     acc_buffer.assign({need_a} ? K * Cp : 0, T(0));
     T* acc = acc_buffer.data();
-    double* const mine = !{need_a} ? nullptr : thread_id() == 0 ? ga : part + (thread_id() - 1) * K * C;
+    double* const mine = {need_a} ? own_partial(ga, part, K * C) : nullptr;
     int64_t pending = 0;
     auto flush = [&]() {{
       for (int64_t k = 0; k < K; ++k)
@@ -325,9 +337,7 @@ extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, in
     }}
     if ({need_a}) flush();
   }}
-  if ({need_a})
-    for (int64_t p = 0; p + 1 < threads; ++p)
-      for (int64_t j = 0; j < K * C; ++j) ga[j] += part[p * K * C + j];
+  if ({need_a}) add_partials(ga, part, threads, K * C);
 }}
 """
 
@@ -335,16 +345,10 @@ _BACKWARD_RUNS = r"""
 extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, int64_t B, int64_t C, int64_t S, int64_t threads) {{
   const int64_t K = {size};
   {tasks}
-  // thread 0 sums into ga, thread p > 0 into part[p - 1], added to ga in thread order below;
-  // the buffer is reused from call to call (no heap traffic) and, being thread_local, is
-  // used inside the parallel region only through the pointer
-  static thread_local std::vector<double> part_buffer;
-  part_buffer.assign({need_a} ? (threads - 1) * K * C : 0, 0.0);
-  double* const part = part_buffer.data();
-  if ({need_a}) std::fill(ga, ga + K * C, 0.0);
+  double* const part = {need_a} ? partials(ga, threads, K * C) : nullptr;
   #pragma omp parallel num_threads(threads) if(threads > 1)
   {{
-    double* const mine = !{need_a} ? nullptr : thread_id() == 0 ? ga : part + (thread_id() - 1) * K * C;
+    double* const mine = {need_a} ? own_partial(ga, part, K * C) : nullptr;
     #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {{
       const int64_t run = task / pieces, c = run % C;
@@ -360,9 +364,7 @@ extern "C" void kernel(const T* x, const T* g, const T* e, T* gx, double* ga, in
       {reduce}
     }}
   }}
-  if ({need_a})
-    for (int64_t p = 0; p + 1 < threads; ++p)
-      for (int64_t j = 0; j < K * C; ++j) ga[j] += part[p * K * C + j];
+  if ({need_a}) add_partials(ga, part, threads, K * C);
 }}
 """
 
