@@ -13,8 +13,9 @@ input layer and the head are each one plain GEMM on that matrix, and every block
 is a ``torch.bmm`` over the module axis with no layout copies: links as runs of
 consecutive modules with consecutive sources, rings as one product over overlapping
 windows of the hidden state (details in :mod:`permsym.layers.modular_blocks`). The dense
-``(M W) x (M W)`` matrix is never formed. :meth:`ModularMLP.to_masked_mlp` writes the same function as a dense
-:class:`~permsym.layers.MaskedLinear` network, whose mask-graph automorphisms are the
+``(M W) x (M W)`` matrix is never formed. :meth:`ModularMLP.to_masked_mlp` writes the
+same function as a dense :class:`~permsym.layers.MaskedLinear` network, whose mask-graph
+automorphisms are the
 symmetries (permutations inside modules, exchanges of identically wired modules).
 
 Wiring (each module has exactly ``links`` distinct source modules, itself excluded):
