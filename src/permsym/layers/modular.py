@@ -15,8 +15,8 @@ consecutive modules with consecutive sources, rings as one product over overlapp
 windows of the hidden state (details in :mod:`permsym.layers.modular_blocks`). The dense
 ``(M W) x (M W)`` matrix is never formed. :meth:`ModularMLP.to_masked_mlp` writes the
 same function as a dense :class:`~permsym.layers.MaskedLinear` network, whose mask-graph
-automorphisms are the
-symmetries (permutations inside modules, exchanges of identically wired modules).
+automorphisms are the symmetries (permutations inside modules, exchanges of identically
+wired modules).
 
 Wiring (each module has exactly ``links`` distinct source modules, itself excluded):
 ``ring`` (offsets $+1, -1, +2, -2, \dots$), ``random`` (a uniform choice per module) and
